@@ -1,0 +1,145 @@
+"""The Flower ClientApp: thin handlers around the local routines.
+
+A Flower node hosts a cohort of logical clients. Each logical client's personal
+parameters (everything the server does not send, e.g. a FedRep head) live in the
+node's ``context.state`` under ``"<client>/<param>"`` and persist across rounds.
+Data and the model are built once per actor process and reused across messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.routines import evaluate as evaluate_model
+from fedsim.config import Config, config_from_dict
+from fedsim.data import load_dataset, make_split
+from fedsim.models import SplitModel, build_model
+from strategies.registry import ALGORITHMS
+
+PERSONAL = "personal"
+
+app = ClientApp()
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the server which partition id this node has."""
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local update of every named client; reply with each client's shared arrays."""
+    config, clients, shared = _unpack(msg)
+    actor = _actor(config.to_json())
+    local_update = ALGORITHMS[config.strategy].local_update
+    server_round = int(msg.content["config"]["server-round"])
+    out: dict[str, torch.Tensor] = {}
+    examples, losses = [], []
+    for client in clients:
+        x, y, _, _ = actor.tensors(client)
+        model = actor.load(client, shared, context)
+        generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, client))
+        losses.append(float(local_update(model, x, y, config, generator)))
+        examples.append(len(y))
+        state = model.state_dict()
+        for name in shared:
+            out[f"{client}/{name}"] = state[name].detach().cpu()
+        _store_personal(context, client, {k: v for k, v in state.items() if k not in shared})
+    metrics = MetricRecord({
+        "num-examples": sum(examples), "client-ids": clients,
+        "client-examples": examples, "train-loss": losses,
+    })
+    return Message(RecordDict({"arrays": ArrayRecord(out), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Test accuracy of every named client: received shared arrays + its own personal part."""
+    config, clients, shared = _unpack(msg)
+    actor = _actor(config.to_json())
+    examples, accuracies, losses = [], [], []
+    for client in clients:
+        _, _, x, y = actor.tensors(client)
+        accuracy, loss = evaluate_model(actor.load(client, shared, context), x, y)
+        examples.append(len(y))
+        accuracies.append(accuracy)
+        losses.append(loss)
+    metrics = MetricRecord({
+        "num-examples": sum(examples), "client-ids": clients, "client-examples": examples,
+        "client-accuracy": accuracies, "client-loss": losses,
+    })
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _unpack(msg: Message) -> tuple[Config, list[int], dict[str, torch.Tensor]]:
+    record = msg.content["config"]
+    config = config_from_dict(json.loads(str(record["run-config"])))
+    clients = [int(c) for c in record["clients"]]  # type: ignore[union-attr]
+    shared = msg.content["arrays"].to_torch_state_dict()
+    return config, clients, shared
+
+
+def _client_seed(seed: int, server_round: int, client: int) -> int:
+    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0])
+
+
+def _store_personal(context: Context, client: int, state: dict[str, torch.Tensor]) -> None:
+    if not state:
+        return
+    record = context.state.get(PERSONAL) or ArrayRecord()
+    for name, tensor in state.items():
+        record[f"{client}/{name}"] = Array.from_torch_tensor(tensor.detach().cpu())
+    context.state[PERSONAL] = record
+
+
+class _Actor:
+    """What one actor process builds once per run: device, data tensors, a model."""
+
+    def __init__(self, config: Config) -> None:
+        threads = max(1, int(config.client_num_cpus))
+        torch.set_num_threads(threads)
+        use_gpu = config.client_num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.data = load_dataset(config)
+        self.splits = make_split(config, self.data)
+        self.model: SplitModel = build_model(self.data, config.hidden_dim, config.seed).to(self.device)
+        self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def tensors(self, client: int) -> tuple[torch.Tensor, ...]:
+        """(x_train, y_train, x_test, y_test) of ``client`` on the actor's device."""
+        if client not in self._tensors:
+            split = self.splits[client]
+            self._tensors[client] = tuple(
+                torch.from_numpy(arr[idx]).to(self.device)
+                for idx in (split.train, split.test)
+                for arr in (self.data.x, self.data.y)
+            )
+        return self._tensors[client]
+
+    def load(self, client: int, shared: dict[str, torch.Tensor], context: Context) -> SplitModel:
+        """The model holding ``shared`` arrays and ``client``'s personal parameters
+        (its initial values the first time the client is seen)."""
+        state = dict(self.initial)
+        record = context.state.get(PERSONAL)
+        if record is not None:
+            prefix = f"{client}/"
+            for key in record.keys():
+                if key.startswith(prefix):
+                    state[key[len(prefix):]] = torch.from_numpy(record[key].numpy())
+        state.update(shared)
+        self.model.load_state_dict(state, strict=True)
+        return self.model
+
+
+@functools.lru_cache(maxsize=2)
+def _actor(config_json: str) -> _Actor:
+    return _Actor(config_from_dict(json.loads(config_json)))

@@ -1,0 +1,230 @@
+"""Run configuration: typed scalars with defaults in one place, flat kebab-case keys.
+
+A config comes from defaults, then an optional TOML file, then ``--set key=value``
+overrides. Every key is checked (known name, right type, allowed range) before any
+Ray or Flower machinery starts, and errors name the key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on. Field ``foo_bar`` is the config key ``foo-bar``."""
+
+    # what to run
+    strategy: str = "fedrep"
+    dataset: str = "digits"
+    partitioner: str = "shards"
+    split_file: str = ""  # JSON client -> indices, used by partitioner "file"
+    num_clients: int = 20
+    classes_per_client: int = 2
+    dirichlet_alpha: float = 0.5
+    test_fraction: float = 0.25
+    seed: int = 0
+    plugins: str = ""  # comma-separated modules or .py files that register splits/datasets
+    # rounds and sampling
+    num_rounds: int = 100
+    fraction_train: float = 0.1
+    fraction_evaluate: float = 1.0
+    eval_every: int = 1
+    # local training (FedRep's official recipe)
+    head_epochs: int = 10
+    body_epochs: int = 1
+    local_epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.5
+    weight_decay: float = 1e-4
+    batch_size: int = 10
+    hidden_dim: int = 128
+    # execution
+    client_num_cpus: float = 1.0
+    client_num_gpus: float = 0.0
+    num_nodes: int = 0  # simulated nodes; 0 = one per actor (logical clients share them)
+    ray_address: str = ""
+    round_timeout: float = 600.0
+    verbose: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a kebab-case dict (what ``config.json`` holds)."""
+        return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def to_json(self) -> str:
+        """Canonical JSON of :meth:`to_dict` (sorted keys)."""
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (snake_case names), validated."""
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first value outside its allowed range."""
+        from fedsim.data import DATASETS, PARTITIONERS
+        from strategies.registry import ALGORITHMS
+
+        load_plugins(self.plugins)
+        _choice("strategy", self.strategy, ALGORITHMS)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("partitioner", self.partitioner, PARTITIONERS)
+        if self.partitioner == "file" and not self.split_file:
+            raise ConfigError("partitioner = 'file' needs split-file = 'PATH.json'")
+        if self.split_file and not Path(self.split_file).is_file():
+            raise ConfigError(f"split-file = {self.split_file!r}: no such file")
+        for name in ("num_clients", "classes_per_client", "num_rounds", "eval_every", "batch_size",
+                     "hidden_dim"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("head_epochs", "body_epochs", "local_epochs", "seed", "num_nodes"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{key_of(name)} = {value}: must be in (0, 1]")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test-fraction = {self.test_fraction}: must be in (0, 1)")
+        _positive("lr", self.lr)
+        _positive("dirichlet_alpha", self.dirichlet_alpha)
+        _positive("round_timeout", self.round_timeout)
+        _positive("client_num_cpus", self.client_num_cpus)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum = {self.momentum}: must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight-decay = {self.weight_decay}: must be >= 0")
+        if self.client_num_gpus < 0:
+            raise ConfigError(f"client-num-gpus = {self.client_num_gpus}: must be >= 0")
+
+
+def load_plugins(spec: str) -> None:
+    """Import each comma-separated module name or ``.py`` path once (they register
+    partitioners, datasets or algorithms). Runs in the driver and in every Ray actor."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name = Path(item).stem if item.endswith(".py") else item
+        if name in sys.modules:
+            continue
+        try:
+            if item.endswith(".py"):
+                file = Path(item).resolve()
+                loader_spec = importlib.util.spec_from_file_location(name, file)
+                if loader_spec is None or not file.is_file():
+                    raise ImportError(f"no such file {str(file)!r}")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[name] = module
+                loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
+            else:
+                importlib.import_module(name)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ConfigError(f"plugins: cannot import {item!r}: {exc}") from exc
+
+
+def key_of(field_name: str) -> str:
+    """Config key (kebab-case) of a dataclass field."""
+    return field_name.replace("_", "-")
+
+
+_FIELDS = {key_of(f.name): f for f in fields(Config)}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``key=value`` overrides; validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+        for key, value in raw.items():
+            values[_field_name(key)] = _typed(key, value)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        values[_field_name(key)] = _typed(key, _parse_text(key, text.strip()))
+    config = Config(**values)
+    config.validate()
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config from its ``to_dict()`` form (config.json, Flower run_config)."""
+    config = Config(**{_field_name(k): _typed(k, v) for k, v in data.items()})
+    config.validate()
+    return config
+
+
+def _field_name(key: str) -> str:
+    if key not in _FIELDS:
+        hint = difflib.get_close_matches(key, list(_FIELDS), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"unknown config key {key!r}{extra} (known keys: {', '.join(_FIELDS)})")
+    return _FIELDS[key].name
+
+
+def _kind(key: str) -> type:
+    return _TYPES[str(_FIELDS[key].type)]
+
+
+def _parse_text(key: str, text: str) -> Any:
+    kind = _kind(key)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{key} = {text!r}: expected {kind.__name__}") from None
+
+
+def _typed(key: str, value: Any) -> Any:
+    kind = _kind(key)
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: expected {kind.__name__}, got {type(value).__name__}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r}: must be a finite number")
+    return value
+
+
+def _choice(name: str, value: str, table: dict[str, Any]) -> None:
+    if value not in table:
+        hint = difflib.get_close_matches(value, list(table), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"{name} = {value!r} is unknown{extra} (choose from: {', '.join(table)})")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key_of(name)} = {value}: must be >= {low}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key_of(name)} = {value}: must be > 0")

@@ -1,0 +1,258 @@
+"""Datasets and client splits.
+
+A dataset is arrays plus what a model must know (input shape, classes). A split gives
+every client its own train and test indices. Partitioners only split the training pool;
+each client's test set is then drawn from the test pool with the same class mix as its
+training data (FedRep's protocol), so the rule holds for every partitioner, including
+ones users register.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fedsim.config import Config
+
+
+class DataError(ValueError):
+    """A dataset or a split cannot be used (missing file, empty client, bad indices)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features ``x`` (float32, N × input_shape), labels ``y`` (int64) and metadata."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    """Indices into the dataset that one client holds."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def load_digits_dataset(config: Config) -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    return Dataset("digits", x, bunch.target.astype(np.int64), 10)
+
+
+DATASETS: dict[str, Callable[[Config], Dataset]] = {"digits": load_digits_dataset}
+
+Partitioner = Callable[[np.ndarray, int, np.random.Generator, "Config"], list[np.ndarray]]
+"""(train labels, number of clients, seeded RNG, config) -> one index array per client."""
+
+
+def register_partitioner(name: str) -> Callable[[Partitioner], Partitioner]:
+    """Decorator that makes a split function available as ``partitioner = name``."""
+
+    def add(fn: Partitioner) -> Partitioner:
+        PARTITIONERS[name] = fn
+        return fn
+
+    return add
+
+
+def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator, config: Config):
+    """Shuffle and cut into ``num_clients`` near-equal parts."""
+    return np.array_split(rng.permutation(len(labels)), num_clients)
+
+
+def dirichlet(labels: np.ndarray, num_clients: int, rng: np.random.Generator, config: Config):
+    """Per class, client shares drawn from Dirichlet(``dirichlet-alpha``); redrawn (up to
+    100 times) until every client holds at least two samples."""
+    classes = np.unique(labels)
+    for _ in range(100):
+        parts: list[list[int]] = [[] for _ in range(num_clients)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(num_clients, config.dirichlet_alpha))
+            cuts = np.round(np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for client, chunk in enumerate(np.split(idx, cuts)):
+                parts[client].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= 2:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise DataError(
+        f"dirichlet-alpha = {config.dirichlet_alpha} with num-clients = {num_clients} left a "
+        f"client with fewer than 2 samples in 100 draws; raise dirichlet-alpha or lower num-clients"
+    )
+
+
+def shards(labels: np.ndarray, num_clients: int, rng: np.random.Generator, config: Config):
+    """Pathological split: every client gets ``classes-per-client`` distinct classes, each
+    class used by a near-equal number of clients and its samples cut evenly among them."""
+    classes = np.unique(labels)
+    k = config.classes_per_client
+    if k > len(classes):
+        raise DataError(
+            f"classes-per-client = {k} but the dataset has only {len(classes)} classes"
+        )
+    # Deal classes round-robin from reshuffled decks: every class is used equally often
+    # and a client never gets the same class twice.
+    deck: list[int] = []
+    assignment = []
+    for _ in range(num_clients):
+        chosen: list[int] = []
+        while len(chosen) < k:
+            if not deck:
+                deck = rng.permutation(classes).tolist()
+            pick = next((c for c in deck if c not in chosen), None)
+            if pick is None:  # the deck holds only classes this client already has
+                deck = rng.permutation(classes).tolist() + deck
+                continue
+            deck.remove(pick)
+            chosen.append(pick)
+        assignment.append(chosen)
+    holders = {c: [i for i, a in enumerate(assignment) if c in a] for c in classes}
+    parts: list[list[int]] = [[] for _ in range(num_clients)]
+    for c, owners in holders.items():
+        if not owners:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        for owner, chunk in zip(owners, np.array_split(idx, len(owners))):
+            parts[owner].extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+PARTITIONERS: dict[str, Partitioner | None] = {
+    "iid": iid,
+    "dirichlet": dirichlet,
+    "shards": shards,
+    "file": None,  # reads ``split-file``; handled by make_split
+}
+
+
+def load_dataset(config: Config) -> Dataset:
+    """The dataset named by ``config.dataset``."""
+    return DATASETS[config.dataset](config)
+
+
+def make_split(config: Config, data: Dataset) -> list[ClientSplit]:
+    """Every client's train/test indices, deterministic in ``config.seed``."""
+    rng = np.random.default_rng(config.seed)
+    if config.partitioner == "file":
+        splits = _split_from_file(Path(config.split_file), config, len(data.y), rng)
+    else:
+        train_pool, test_pool = _stratified_pools(data.y, config.test_fraction, rng)
+        parts = PARTITIONERS[config.partitioner](data.y[train_pool], config.num_clients, rng, config)
+        if len(parts) != config.num_clients:
+            raise DataError(
+                f"partitioner {config.partitioner!r} returned {len(parts)} parts for "
+                f"num-clients = {config.num_clients}"
+            )
+        trains = [train_pool[np.asarray(p, dtype=np.int64)] for p in parts]
+        tests = match_test_split([data.y[t] for t in trains], test_pool, data.y[test_pool], rng)
+        splits = [ClientSplit(np.sort(a), np.sort(b)) for a, b in zip(trains, tests)]
+    _check_split(splits, config)
+    return splits
+
+
+def match_test_split(
+    train_labels: list[np.ndarray], test_pool: np.ndarray, test_labels: np.ndarray,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Deal the test pool to clients so each client's test classes follow its train classes:
+    the test samples of class c go to the clients holding c, in proportion to how many
+    training samples of c each holds."""
+    out: list[list[int]] = [[] for _ in train_labels]
+    for c in np.unique(test_labels):
+        counts = np.array([(t == c).sum() for t in train_labels], dtype=np.float64)
+        if counts.sum() == 0:
+            continue
+        idx = test_pool[rng.permutation(np.flatnonzero(test_labels == c))]
+        cuts = np.round(np.cumsum(counts)[:-1] / counts.sum() * len(idx)).astype(int)
+        for client, chunk in enumerate(np.split(idx, cuts)):
+            out[client].extend(chunk.tolist())
+    return [np.array(o, dtype=np.int64) for o in out]
+
+
+def _stratified_pools(y: np.ndarray, test_fraction: float, rng: np.random.Generator):
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _split_from_file(path: Path, config: Config, n: int, rng: np.random.Generator):
+    """JSON ``{"0": [indices...], ...}`` (cut into train/test by ``test-fraction``) or
+    ``{"0": {"train": [...], "test": [...]}, ...}``; keys are client ids 0..num-clients-1."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"split-file {str(path)!r} is not readable JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DataError(f"split-file {str(path)!r}: expected an object mapping client id -> indices")
+    expected = [str(i) for i in range(config.num_clients)]
+    if sorted(raw, key=lambda k: (len(k), k)) != expected:
+        raise DataError(
+            f"split-file {str(path)!r} has clients {sorted(raw)[:5]}...; expected exactly "
+            f"'0'..'{config.num_clients - 1}' for num-clients = {config.num_clients}"
+        )
+    seen = np.zeros(n, dtype=bool)
+    splits = []
+    for key in expected:
+        entry = raw[key]
+        if isinstance(entry, dict) and set(entry) == {"train", "test"}:
+            train, test = _indices(entry["train"], key, n, path), _indices(entry["test"], key, n, path)
+        elif isinstance(entry, list):
+            idx = rng.permutation(_indices(entry, key, n, path))
+            n_test = int(round(len(idx) * config.test_fraction))
+            train, test = idx[n_test:], idx[:n_test]
+        else:
+            raise DataError(
+                f"split-file {str(path)!r}, client {key}: expected a list of indices or "
+                f"{{'train': [...], 'test': [...]}}"
+            )
+        both = np.concatenate([train, test])
+        if len(np.unique(both)) != len(both) or seen[both].any():
+            raise DataError(f"split-file {str(path)!r}, client {key}: an index is used twice")
+        seen[both] = True
+        splits.append(ClientSplit(np.sort(train), np.sort(test)))
+    return splits
+
+
+def _indices(values: object, key: str, n: int, path: Path) -> np.ndarray:
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise DataError(f"split-file {str(path)!r}, client {key}: indices must be integers")
+    idx = np.array(values, dtype=np.int64)
+    bad = idx[(idx < 0) | (idx >= n)]
+    if len(bad):
+        raise DataError(
+            f"split-file {str(path)!r}, client {key}: index {int(bad[0])} is out of range "
+            f"(the dataset has {n} samples: 0..{n - 1})"
+        )
+    return idx
+
+
+def _check_split(splits: list[ClientSplit], config: Config) -> None:
+    for name in ("train", "test"):
+        empty = [i for i, s in enumerate(splits) if len(getattr(s, name)) == 0]
+        if empty:
+            raise DataError(
+                f"the split ({config.partitioner}, num-clients = {config.num_clients}) leaves "
+                f"client(s) {empty[:10]} without {name} data; use fewer clients or another split"
+            )

@@ -1,0 +1,72 @@
+"""Run directory: config.json, metrics.jsonl (one line per round), summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+FINAL_WINDOW = 10  # FedRep reports the mean accuracy of the last 10 rounds
+
+
+class RunWriter:
+    """Appends round metrics as they come (flushed, so a crash keeps them) and writes
+    the summary at the end, also when the run fails."""
+
+    def __init__(self, out_dir: str | Path, config: dict[str, Any]) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        self.rows: list[dict[str, Any]] = []
+        write_json(self.dir / "config.json", config)
+        self._metrics = open(self.dir / "metrics.jsonl", "w", encoding="utf-8")
+
+    def log_round(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
+        self._metrics.flush()
+
+    def finish(self, error: str | None = None) -> dict[str, Any]:
+        """Close metrics.jsonl and write summary.json; returns the summary."""
+        self._metrics.close()
+        summary = summarize(self.rows)
+        summary["wall_seconds"] = round(time.perf_counter() - self.start, 3)
+        summary["status"] = "failed" if error else "completed"
+        if error:
+            summary["error"] = error
+        write_json(self.dir / "summary.json", summary)
+        return summary
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``final_accuracy``: mean ``accuracy`` over the last 10 evaluated rounds."""
+    evaluated = [r for r in rows if r.get("accuracy") is not None]
+    last = evaluated[-FINAL_WINDOW:]
+    final = sum(r["accuracy"] for r in last) / len(last) if last else math.nan
+    return {
+        "final_accuracy": final if last else None,
+        "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
+        "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
+        "rounds_completed": rows[-1]["round"] if rows else 0,
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(config, metric rows) of a run directory."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "metrics.jsonl"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{str(run_dir)!r} is not a fedsim run directory (no {name})")
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return config, rows

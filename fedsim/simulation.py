@@ -1,0 +1,158 @@
+"""Run one configured simulation on Flower's simulation engine with the Ray backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fedsim.config import Config, ConfigError
+from fedsim.data import load_dataset, make_split
+from fedsim.history import RunWriter
+
+
+class RunFailed(RuntimeError):
+    """The run started but did not complete; the run directory says how far it got."""
+
+
+def default_out_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.strategy}-{config.dataset}-{stamp}"
+
+
+def run(config: Config, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Validate everything that can be checked without Ray, run the simulation, and
+    return the summary. Raises ConfigError/DataError before starting anything, and
+    RunFailed (after writing summary.json with the error) if the run fails."""
+    config.validate()
+    make_split(config, load_dataset(config))  # a bad split fails here, before Ray starts
+    _check_local_resources(config)
+    out = Path(out_dir) if out_dir else default_out_dir(config)
+    if (out / "metrics.jsonl").exists():
+        raise ConfigError(f"--out {str(out)!r} already holds a run; choose another directory")
+    writer = RunWriter(out, config.to_dict())
+    try:
+        _quiet(config.verbose)
+        num_nodes = _start_ray(config)
+        _simulate(config, writer, num_nodes, progress)
+    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+        message = f"{type(exc).__name__}: {exc}"
+        writer.finish(error=message)
+        if isinstance(exc, (KeyboardInterrupt, ConfigError)):
+            raise
+        raise RunFailed(message) from exc
+    finally:
+        _stop_ray()
+    return writer.finish()
+
+
+def _simulate(config: Config, writer: RunWriter, num_nodes: int, progress: bool) -> None:
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from fedsim.server import make_server_app
+
+    backend_config = {
+        "client_resources": {
+            "num_cpus": config.client_num_cpus,
+            "num_gpus": config.client_num_gpus,
+        },
+        "init_args": {"log_to_driver": config.verbose},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(
+            server_app=make_server_app(config, writer, num_nodes, _print_progress if progress else None),
+            client_app=client_app,
+            num_supernodes=num_nodes,
+            backend_config=backend_config,  # type: ignore[arg-type]
+            verbose_logging=config.verbose,
+        )
+    if len(writer.rows) < config.num_rounds:
+        raise RunFailed(f"the simulation stopped after {len(writer.rows)} of {config.num_rounds} rounds")
+
+
+def _check_local_resources(config: Config) -> None:
+    """Resource requests Ray would hang on (no actor fits) are refused up front."""
+    if config.ray_address or os.environ.get("RAY_ADDRESS"):
+        return  # checked against the cluster once attached
+    cpus = os.cpu_count() or 1
+    if config.client_num_cpus > cpus:
+        raise ConfigError(
+            f"client-num-cpus = {config.client_num_cpus} exceeds the {cpus} CPUs of this "
+            f"machine; use a value in (0, {cpus}]"
+        )
+    if config.client_num_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ConfigError(
+                f"client-num-gpus = {config.client_num_gpus} but this machine has no CUDA GPU; "
+                f"use client-num-gpus = 0"
+            )
+        if config.client_num_gpus > gpus:
+            raise ConfigError(
+                f"client-num-gpus = {config.client_num_gpus} exceeds the {gpus} GPU(s) here"
+            )
+
+
+def _start_ray(config: Config) -> int:
+    """Start (or attach to) Ray, check the resources against it, and return the number
+    of Flower nodes: ``num-nodes``, or one per actor that fits (at most one per client)."""
+    import ray
+
+    address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
+    pythonpath = os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = pythonpath
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=config.verbose,
+                logging_level=logging.INFO if config.verbose else logging.ERROR,
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}},
+            )
+    except Exception as exc:
+        raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if config.client_num_cpus > cpus or config.client_num_gpus > gpus:
+        raise ConfigError(
+            f"client-num-cpus = {config.client_num_cpus}, client-num-gpus = "
+            f"{config.client_num_gpus}: the Ray cluster has {cpus} CPUs and {gpus} GPUs, so "
+            f"no client actor fits"
+        )
+    actors = int(cpus // config.client_num_cpus)
+    if config.client_num_gpus > 0:
+        actors = min(actors, int(gpus // config.client_num_gpus))
+    return min(config.num_nodes or max(1, actors), config.num_clients)
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _quiet(verbose: bool) -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _print_progress(row: dict[str, Any], config: Config) -> None:
+    parts = [f"round {row['round']:>4}/{config.num_rounds}", f"train-loss {row['train_loss']:.4f}"]
+    if "accuracy" in row:
+        parts += [f"accuracy {row['accuracy']:.4f}", f"loss {row['loss']:.4f}"]
+    parts.append(f"{row['round_seconds']:.2f} s")
+    print("  ".join(parts), file=sys.stderr, flush=True)

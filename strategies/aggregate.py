@@ -1,0 +1,35 @@
+"""Pure aggregation maths (numpy in, numpy out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def weighted_average(
+    weights: Sequence[float], updates: Sequence[dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Σᵢ wᵢ·uᵢ / Σᵢ wᵢ per key, summed in float64 in the given order, cast back to each
+    array's dtype. All updates must have the same keys and shapes."""
+    if len(weights) != len(updates) or not updates:
+        raise ValueError(f"need one weight per update, got {len(weights)} and {len(updates)}")
+    total = float(np.sum(np.asarray(weights, dtype=np.float64)))
+    if not total > 0:
+        raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
+    keys = updates[0].keys()
+    out = {}
+    for key in keys:
+        acc = np.zeros(updates[0][key].shape, dtype=np.float64)
+        for w, update in zip(weights, updates):
+            acc += float(w) * update[key].astype(np.float64)
+        out[key] = (acc / total).astype(updates[0][key].dtype)
+    return out
+
+
+def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """``max(1, round(fraction·num_clients))`` distinct clients, sorted."""
+    count = max(1, int(round(fraction * num_clients)))
+    if count >= num_clients:
+        return list(range(num_clients))
+    return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))

@@ -1,0 +1,145 @@
+"""FedAvg over logical clients packed into cohorts, with seeded sampling.
+
+Several logical clients (identified by partition id) live on one simulated Flower node;
+a round sends each node one message naming its sampled clients, and the node replies
+with one update per client (array keys ``"<client>/<param>"``). The server aggregates
+per-client updates in sorted client order, so results do not depend on how clients are
+packed into nodes, on actor count or on reply order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from fedsim.config import Config
+from strategies.aggregate import sample_clients, weighted_average
+
+
+def split_client_arrays(record: ArrayRecord) -> dict[int, dict[str, np.ndarray]]:
+    """``{"3/body.w": a, ...}`` -> ``{3: {"body.w": a}, ...}``."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for key, array in record.items():
+        client, _, name = key.partition("/")
+        out.setdefault(int(client), {})[name] = array.numpy()
+    return out
+
+
+class CohortFedAvg(FedAvg):
+    """FedAvg (McMahan et al., AISTATS 2017) on the whole model, over cohorts of clients.
+
+    Client side: load the received arrays over its own model, train all parameters for
+    ``local-epochs``, reply with every received key. Subclasses share less by narrowing
+    :meth:`shares`; keys the server does not send stay personal on the client.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(
+            fraction_train=config.fraction_train,
+            fraction_evaluate=config.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1,
+            min_available_nodes=1,
+        )
+        self.config = config
+        self.node_of: dict[int, int] = {}  # logical client -> Flower node id, set by the loop
+
+    def shares(self, name: str) -> bool:
+        """Whether parameter ``name`` is shared with (and averaged by) the server."""
+        return True
+
+    def initial_arrays(self, model: nn.Module) -> ArrayRecord:
+        """The shared part of a freshly initialised model."""
+        state = model.state_dict()
+        return ArrayRecord({k: v for k, v in state.items() if self.shares(k)})
+
+    def sample(self, server_round: int, fraction: float, stream: int) -> list[int]:
+        """Clients for a round, from our own RNG seeded by (seed, round, stream)."""
+        rng = np.random.default_rng([self.config.seed, server_round, stream])
+        return sample_clients(self.config.num_clients, fraction, rng)
+
+    def cohort_messages(
+        self, clients: list[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str
+    ) -> list[Message]:
+        """One message per node, naming the node's clients among ``clients``."""
+        by_node: dict[int, list[int]] = {}
+        for client in clients:
+            by_node.setdefault(self.node_of[client], []).append(client)
+        messages = []
+        for node_id, members in sorted(by_node.items(), key=lambda item: item[1][0]):
+            node_config = ConfigRecord({**config, "clients": members})
+            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
+            messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["server-round"] = server_round
+        clients = self.sample(server_round, self.fraction_train, 0)
+        return self.cohort_messages(clients, arrays, config, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["server-round"] = server_round
+        clients = self.sample(server_round, self.fraction_evaluate, 1)
+        return self.cohort_messages(clients, arrays, config, MessageType.EVALUATE)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Sample-weighted average of the per-client updates, in client order."""
+        # Replies carry different keys ("<client>/<param>"), so FedAvg's same-keys check
+        # does not apply; every client must send back exactly the keys it received.
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        if not valid:
+            return None, None
+        updates: dict[int, dict[str, np.ndarray]] = {}
+        weights: dict[int, float] = {}
+        losses: dict[int, float] = {}
+        for msg in valid:
+            metrics = msg.content["metrics"]
+            updates.update(split_client_arrays(msg.content[self.arrayrecord_key]))
+            for client, n, loss in zip(
+                metrics["client-ids"], metrics["client-examples"], metrics["train-loss"]
+            ):
+                weights[client], losses[client] = float(n), float(loss)
+        order = sorted(updates)
+        expected = set(updates[order[0]])
+        for client in order:
+            if set(updates[client]) != expected:
+                raise ValueError(
+                    f"client {client} sent arrays {sorted(updates[client])}, expected {sorted(expected)}"
+                )
+        averaged = weighted_average([weights[c] for c in order], [updates[c] for c in order])
+        total = sum(weights.values())
+        train_loss = sum(weights[c] * losses[c] for c in order) / total
+        metrics = MetricRecord({"train-loss": train_loss, "num-examples": int(total)})
+        return ArrayRecord({k: Array(v) for k, v in averaged.items()}), metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Sample-weighted mean accuracy and loss, plus every client's values."""
+        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        rows = []
+        for msg in valid:
+            m = msg.content["metrics"]
+            rows += zip(m["client-ids"], m["client-examples"], m["client-accuracy"], m["client-loss"])
+        if not rows:
+            return None
+        rows.sort()
+        total = sum(n for _, n, _, _ in rows)
+        return MetricRecord({
+            "accuracy": sum(n * a for _, n, a, _ in rows) / total,
+            "loss": sum(n * loss for _, n, _, loss in rows) / total,
+            "client-ids": [c for c, _, _, _ in rows],
+            "client-accuracy": [a for _, _, a, _ in rows],
+            "num-examples": total,
+        })
