@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import traceback
 
 import numpy as np
 import torch
@@ -34,7 +35,27 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
 
+def _explained(handler):
+    """Re-raise a client's exception as one line naming the clients, the error and where
+    it happened: Flower forwards only the message text to the server."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            clients = list(msg.content["config"]["clients"]) if "config" in msg.content else "?"
+            raise RuntimeError(
+                f"clients {clients}: {type(exc).__name__}: {exc} "
+                f"(at {frame.filename}:{frame.lineno})"
+            ) from exc
+
+    return wrapper
+
+
 @app.train()
+@_explained
 def train(msg: Message, context: Context) -> Message:
     """Local update of every named client; reply with each client's shared arrays."""
     config, clients, shared = _unpack(msg)
@@ -51,7 +72,7 @@ def train(msg: Message, context: Context) -> Message:
         examples.append(len(y))
         state = model.state_dict()
         for name in shared:
-            out[f"{client}/{name}"] = state[name].detach().cpu()
+            out[f"{client}/{name}"] = state[name].detach().cpu().clone()  # model is reused
         _store_personal(context, client, {k: v for k, v in state.items() if k not in shared})
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": clients,
@@ -61,6 +82,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_explained
 def evaluate(msg: Message, context: Context) -> Message:
     """Test accuracy of every named client: received shared arrays + its own personal part."""
     config, clients, shared = _unpack(msg)

@@ -101,6 +101,14 @@ def _identify_nodes(grid: Grid, expected: int, timeout: float) -> dict[int, int]
     }
 
 
+def _reason(text: str) -> str:
+    """The client's own message out of Ray's wrapped traceback."""
+    marker = "Message: "
+    if marker in text:
+        text = text[text.rindex(marker) + len(marker):]
+    return text.strip().removesuffix("'>").strip()
+
+
 def _exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
     """send_and_receive that fails loudly: any error reply or missing reply raises."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
@@ -110,9 +118,7 @@ def _exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Messa
             m.metadata.dst_node_id: list(m.content["config"]["clients"])
             if "config" in m.content else "?" for m in messages
         }
-        lines = [
-            f"clients {clients_of.get(r.metadata.src_node_id)}: {r.error.reason}" for r in failed
-        ]
+        lines = [_reason(r.error.reason) for r in failed]
         answered = {r.metadata.src_node_id for r in replies}
         lines += [
             f"clients {clients}: no reply within round-timeout"

@@ -145,7 +145,8 @@ def _stop_ray() -> None:
 def _quiet(verbose: bool) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    level = logging.INFO if verbose else logging.ERROR
+    # Client errors are reported by fedsim itself, once; Flower would log them twice more.
+    level = logging.INFO if verbose else logging.CRITICAL
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(level)
 

@@ -1,0 +1,54 @@
+"""Convergence plots: accuracy vs round, one curve per run, a band for the client spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim.history import read_run
+
+BAND = (10, 90)  # percentiles of per-client accuracy shown as the shaded band
+
+
+def plot_runs(run_dirs: list[str], output: str, label_keys: list[str] | None = None) -> Path:
+    """Write a PNG of accuracy vs round for ``run_dirs``; legends name each run by the
+    config keys in ``label_keys`` (default: the keys whose values differ between runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [read_run(d) for d in run_dirs]
+    labels = run_labels([cfg for cfg, _ in runs], label_keys)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (config, rows), label in zip(runs, labels):
+        rows = [r for r in rows if r.get("accuracy") is not None]
+        if not rows:
+            continue
+        rounds = np.array([r["round"] for r in rows])
+        mean = np.array([r["accuracy"] for r in rows])
+        spread = np.array([np.percentile(list(r["clients"].values()), BAND) for r in rows])
+        (line,) = ax.plot(rounds, mean, label=label)
+        ax.fill_between(rounds, spread[:, 0], spread[:, 1], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (sample-weighted mean over clients)")
+    ax.set_title(f"shaded: {BAND[0]}th-{BAND[1]}th percentile of client accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_labels(configs: list[dict[str, Any]], keys: list[str] | None = None) -> list[str]:
+    """Legend text per run: ``key=value`` for the chosen keys, or for every key that
+    differs between the runs (``strategy`` alone when nothing differs)."""
+    if keys is None:
+        keys = [k for k in configs[0] if len({str(c.get(k)) for c in configs}) > 1] or ["strategy"]
+    return [", ".join(f"{k}={c.get(k)}" for k in keys) for c in configs]
