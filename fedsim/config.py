@@ -158,13 +158,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
         for key, value in raw.items():
-            values[_field_name(key)] = _typed(key, value)
+            name = _field_name(key)
+            values[name] = _typed(key, value)
     for item in overrides or []:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        values[_field_name(key)] = _typed(key, _parse_text(key, text.strip()))
+        name = _field_name(key)
+        values[name] = _typed(key, _parse_text(key, text.strip()))
     config = Config(**values)
     config.validate()
     return config

@@ -1,0 +1,35 @@
+"""The ServerApp for ``flwr run .`` (components in pyproject.toml).
+
+The run config comes from ``[tool.flwr.app.config]`` (plus ``--run-config``); the node
+count and per-node resources come from the Flower federation. Outputs go to
+``runs/flwr-<strategy>-<dataset>-<time>`` under the ServerApp's working directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.config import config_from_dict
+from fedsim.history import RunWriter
+from fedsim.server import run_rounds
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    from fedsim.simulation import _print_progress, default_out_dir
+
+    config = config_from_dict(dict(context.run_config))
+    out = default_out_dir(config).with_name("flwr-" + default_out_dir(config).name)
+    writer = RunWriter(out, config.to_dict())
+    try:
+        run_rounds(grid, config, writer, num_nodes=config.num_nodes, progress=_print_progress)
+    except BaseException as exc:
+        writer.finish(error=f"{type(exc).__name__}: {exc}")
+        raise
+    summary = writer.finish()
+    print(f"final_accuracy {summary['final_accuracy']:.4f} -> {out}", file=sys.stderr)

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from strategies.aggregate import sample_clients, weighted_average
+
+
+def test_weighted_average_exact_numbers():
+    a = {"w": np.array([1.0, 2.0], dtype=np.float32), "b": np.array([0.0], dtype=np.float32)}
+    b = {"w": np.array([4.0, 8.0], dtype=np.float32), "b": np.array([3.0], dtype=np.float32)}
+    out = weighted_average([1, 2], [a, b])
+    np.testing.assert_array_equal(out["w"], np.array([3.0, 6.0], dtype=np.float32))
+    np.testing.assert_array_equal(out["b"], np.array([2.0], dtype=np.float32))
+    assert out["w"].dtype == np.float32
+
+
+def test_weighted_average_single_update_is_identity():
+    a = {"w": np.array([[0.1, -0.7]], dtype=np.float32)}
+    np.testing.assert_array_equal(weighted_average([5], [a])["w"], a["w"])
+
+
+@pytest.mark.parametrize("weights", [[0, 0], [1]])
+def test_weighted_average_rejects_bad_weights(weights):
+    a = {"w": np.zeros(1)}
+    with pytest.raises(ValueError):
+        weighted_average(weights, [a, a])
+
+
+def test_sample_clients_is_seeded_sorted_and_sized():
+    first = sample_clients(100, 0.1, np.random.default_rng([3, 1]))
+    again = sample_clients(100, 0.1, np.random.default_rng([3, 1]))
+    other = sample_clients(100, 0.1, np.random.default_rng([3, 2]))
+    assert first == again and first == sorted(first) and len(set(first)) == 10
+    assert first != other
+    assert sample_clients(20, 0.01, np.random.default_rng(0)) != []  # at least one client
+    assert sample_clients(20, 1.0, np.random.default_rng(0)) == list(range(20))

@@ -1,0 +1,89 @@
+"""The real ServerApp round loop and ClientApp, run in process through InProcessGrid."""
+
+import numpy as np
+import pytest
+from inprocess import InProcessGrid
+
+from clients.app import app
+from fedsim.config import Config
+from fedsim.history import RunWriter
+from fedsim.server import ClientFailure, run_rounds
+
+
+def run(tmp_path, num_nodes=2, **changes):
+    config = Config(num_rounds=3, num_clients=6, fraction_train=0.5, head_epochs=2, **changes)
+    grid = InProcessGrid(app, num_nodes)
+    writer = RunWriter(tmp_path / f"run-{num_nodes}-{len(list(tmp_path.iterdir()))}", config.to_dict())
+    run_rounds(grid, config, writer, num_nodes)
+    writer.finish()
+    return grid, writer.rows
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
+
+
+def test_fedrep_server_never_receives_a_head(tmp_path):
+    grid, rows = run(tmp_path)
+    train_replies = [r for r in grid.replies if "arrays" in r.content]
+    assert train_replies
+    for reply in train_replies:
+        for key in reply.content["arrays"].keys():
+            client, _, name = key.partition("/")
+            assert name.startswith("body."), key
+    for msg in grid.sent:  # and never sends one
+        if "arrays" in msg.content:
+            assert all(k.startswith("body.") for k in msg.content["arrays"].keys())
+
+
+def test_fedavg_shares_the_whole_model(tmp_path):
+    grid, _ = run(tmp_path, strategy="fedavg")
+    names = {k.partition("/")[2] for r in grid.replies if "arrays" in r.content
+             for k in r.content["arrays"].keys()}
+    assert any(n.startswith("head.") for n in names) and any(n.startswith("body.") for n in names)
+    assert all("personal" not in ctx.state for ctx in grid.contexts.values())
+
+
+def test_heads_persist_in_client_state_across_rounds(tmp_path):
+    config = Config(num_rounds=1, num_clients=4, fraction_train=1.0, head_epochs=1)
+    grid = InProcessGrid(app, 2)
+    heads = []
+    for rounds in (1, 2):
+        writer = RunWriter(tmp_path / f"r{rounds}", config.to_dict())
+        run_rounds(grid, config.replace(num_rounds=rounds), writer, 2)
+        personal = {
+            key: rec.numpy().copy()
+            for ctx in grid.contexts.values() for key, rec in ctx.state["personal"].items()
+        }
+        heads.append(personal)
+    assert sorted(heads[0]) == sorted(f"{c}/head.{p}" for c in range(4) for p in ("weight", "bias"))
+    # the second run continued from the stored heads: they moved again
+    assert any(not np.array_equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_metrics_identical_for_any_number_of_nodes(tmp_path):
+    _, one = run(tmp_path, num_nodes=1)
+    _, three = run(tmp_path, num_nodes=3)
+    _, six = run(tmp_path, num_nodes=6)
+    assert strip_timing(one) == strip_timing(three) == strip_timing(six)
+
+
+def test_rows_have_the_documented_fields(tmp_path):
+    _, rows = run(tmp_path, eval_every=2)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert "accuracy" not in rows[0]  # eval-every = 2, but the last round is always evaluated
+    for r in rows[1:]:
+        assert set(r["clients"]) == {str(c) for c in range(6)}
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
+    assert all(r["clients_trained"] == 3 for r in rows)
+
+
+def test_client_exception_names_the_clients(tmp_path, monkeypatch):
+    from strategies import registry
+
+    def explode(*args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setitem(registry.ALGORITHMS, "fedrep", registry.Algorithm(registry.FedRep, explode))
+    with pytest.raises(ClientFailure, match=r"clients \[\d.*RuntimeError: disk on fire"):
+        run(tmp_path)

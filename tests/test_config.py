@@ -1,0 +1,76 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedsim.config import Config, ConfigError, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_fedrep_recipe():
+    c = load_config()
+    assert (c.strategy, c.head_epochs, c.body_epochs, c.lr, c.momentum) == ("fedrep", 10, 1, 0.01, 0.5)
+    assert (c.weight_decay, c.batch_size, c.fraction_train) == (1e-4, 10, 0.1)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('strategy = "fedavg"\nnum-rounds = 7\nlr = 1\n')
+    c = load_config(path, ["num-rounds=9", "verbose=true", "fraction-train=0.5"])
+    assert (c.strategy, c.num_rounds, c.lr, c.verbose, c.fraction_train) == ("fedavg", 9, 1.0, True, 0.5)
+    assert config_from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["num-round=3"], "unknown config key 'num-round'; did you mean 'num-rounds'?"),
+        (["num-rounds=three"], "num-rounds = 'three': expected int"),
+        (["num-rounds=0"], "num-rounds = 0: must be >= 1"),
+        (["num-clients=-2"], "num-clients = -2: must be >= 1"),
+        (["lr=0"], "lr = 0.0: must be > 0"),
+        (["fraction-train=1.5"], "fraction-train = 1.5: must be in (0, 1]"),
+        (["fraction-train=0"], "fraction-train = 0.0: must be in (0, 1]"),
+        (["client-num-cpus=0"], "client-num-cpus = 0.0: must be > 0"),
+        (["client-num-gpus=-1"], "client-num-gpus = -1.0: must be >= 0"),
+        (["strategy=fedrpe"], "strategy = 'fedrpe' is unknown; did you mean 'fedrep'?"),
+        (["partitioner=shard"], "partitioner = 'shard' is unknown; did you mean 'shards'?"),
+        (["dataset=cifar"], "dataset = 'cifar' is unknown"),
+        (["lr"], "--set 'lr': expected key=value"),
+        (["lr=nan"], "lr = nan: must be a finite number"),
+        (["verbose=maybe"], "verbose = 'maybe': expected bool"),
+        (["partitioner=file"], "partitioner = 'file' needs split-file"),
+        (["split-file=/nonexistent.json"], "split-file = '/nonexistent.json': no such file"),
+        (["plugins=no_such_module_xyz"], "plugins: cannot import 'no_such_module_xyz'"),
+    ],
+)
+def test_bad_values_are_named(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_toml_types_are_checked(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('num-rounds = "10"\n')
+    with pytest.raises(ConfigError, match="num-rounds = '10': expected int, got str"):
+        load_config(path)
+    path.write_text("num-rounds = true\n")
+    with pytest.raises(ConfigError, match="expected int, got bool"):
+        load_config(path)
+    path.write_text("num-rounds = [\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_flwr_run_config_declares_every_key_with_the_default():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert declared == Config().to_dict()
+
+
+def test_shipped_configs_are_valid():
+    for path in (ROOT / "experiments").glob("*.toml"):
+        load_config(path)
