@@ -44,7 +44,7 @@ class Config:
     # local training (FedRep's official recipe)
     head_epochs: int = 10
     body_epochs: int = 1
-    local_epochs: int = 10
+    local_epochs: int = 1  # FedAvg: as FedRep-lineage scripts run it, = FedRep body epochs
     lr: float = 0.01
     momentum: float = 0.5
     weight_decay: float = 1e-4
