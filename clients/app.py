@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from clients.routines import evaluate as evaluate_model
 from fedsim.config import Config, config_from_dict
 from fedsim.data import load_dataset, make_split
-from fedsim.models import SplitModel, build_model
-from strategies.registry import ALGORITHMS
+from strategies.registry import ALGORITHMS, client_model
 
 PERSONAL = "personal"
 
@@ -87,10 +87,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Test accuracy of every named client: received shared arrays + its own personal part."""
     config, clients, shared = _unpack(msg)
     actor = _actor(config.to_json())
+    personalize = ALGORITHMS[config.strategy].personalize
+    server_round = int(msg.content["config"]["server-round"])
     examples, accuracies, losses = [], [], []
     for client in clients:
-        _, _, x, y = actor.tensors(client)
-        accuracy, loss = evaluate_model(actor.load(client, shared, context), x, y)
+        x_train, y_train, x, y = actor.tensors(client)
+        model = actor.load(client, shared, context)
+        if personalize is not None:  # works on the reused model: nothing is stored back
+            generator = torch.Generator().manual_seed(
+                _client_seed(config.seed, server_round, client, stream=1)
+            )
+            model = personalize(model, x_train, y_train, config, generator)
+        accuracy, loss = evaluate_model(model, x, y)
         examples.append(len(y))
         accuracies.append(accuracy)
         losses.append(loss)
@@ -109,8 +117,8 @@ def _unpack(msg: Message) -> tuple[Config, list[int], dict[str, torch.Tensor]]:
     return config, clients, shared
 
 
-def _client_seed(seed: int, server_round: int, client: int) -> int:
-    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0])
+def _client_seed(seed: int, server_round: int, client: int, stream: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, server_round, client, stream]).generate_state(1)[0])
 
 
 def _store_personal(context: Context, client: int, state: dict[str, torch.Tensor]) -> None:
@@ -132,7 +140,7 @@ class _Actor:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.data = load_dataset(config)
         self.splits = make_split(config, self.data)
-        self.model: SplitModel = build_model(self.data, config.hidden_dim, config.seed).to(self.device)
+        self.model = client_model(config, self.data).to(self.device)
         self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -147,7 +155,7 @@ class _Actor:
             )
         return self._tensors[client]
 
-    def load(self, client: int, shared: dict[str, torch.Tensor], context: Context) -> SplitModel:
+    def load(self, client: int, shared: dict[str, torch.Tensor], context: Context) -> nn.Module:
         """The model holding ``shared`` arrays and ``client``'s personal parameters
         (its initial values the first time the client is seen)."""
         state = dict(self.initial)

@@ -7,7 +7,7 @@ update depends only on (seed, round, client) and never on which actor runs it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -19,10 +19,12 @@ from fedsim.models import SplitModel
 def run_epochs(
     model: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
     epochs: int, sgd: Config, generator: torch.Generator,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """SGD (``lr``, ``momentum``, ``weight-decay``, ``batch-size`` of ``sgd``) on ``params``
     only, the rest of the model fixed, for ``epochs`` passes over shuffled mini-batches.
-    Returns the mean loss of the last epoch (nan if there was none)."""
+    ``penalty()``, if given, is added to every batch loss. Returns the mean loss of the
+    last epoch (nan if there was none)."""
     params = list(params)
     if epochs == 0 or not params:
         return float("nan")
@@ -41,6 +43,8 @@ def run_epochs(
             for start in range(0, n, sgd.batch_size):
                 batch = order[start : start + sgd.batch_size]
                 loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+                if penalty is not None:
+                    loss = loss + penalty()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -70,6 +74,66 @@ def train_whole(
 ) -> float:
     """All parameters jointly for ``local-epochs`` (FedAvg's local update)."""
     return run_epochs(model, model.parameters(), x, y, config.local_epochs, config, generator)
+
+
+def train_body(
+    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
+    generator: torch.Generator,
+) -> float:
+    """The body alone for ``local-epochs``; the head stays at its initial values
+    (FedBABU's local update, Oh, Kim, Yun, ICLR 2022)."""
+    return run_epochs(model, model.body.parameters(), x, y, config.local_epochs, config, generator)
+
+
+def finetune_head(
+    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
+    generator: torch.Generator,
+) -> SplitModel:
+    """The head for ``finetune-epochs`` on the client's training data, body frozen; returns
+    the model to evaluate (FedAvg+FT and FedBABU's evaluation)."""
+    run_epochs(model, model.head.parameters(), x, y, config.finetune_epochs, config, generator)
+    return model
+
+
+class DittoModel(nn.Module):
+    """Ditto's pair: ``shared`` (the FedAvg model) and ``personal`` (never leaves)."""
+
+    def __init__(self, shared: SplitModel, personal: SplitModel) -> None:
+        super().__init__()
+        self.shared = shared
+        self.personal = personal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.personal(x)
+
+
+def proximity(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
+    """½·‖θ − anchor‖² over all parameters of ``model``."""
+    return 0.5 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+
+
+def train_ditto(
+    model: DittoModel, x: torch.Tensor, y: torch.Tensor, config: Config,
+    generator: torch.Generator,
+) -> float:
+    """Ditto (Li, Hu, Beirami, Smith, ICML 2021, Alg. 1): the shared model takes its
+    FedAvg update; the personal model minimises its loss + λ/2·‖v − w‖², w the shared
+    model received this round, for ``local-epochs`` each. Returns the personal loss."""
+    received = [p.detach().clone() for p in model.shared.parameters()]
+    run_epochs(model.shared, model.shared.parameters(), x, y, config.local_epochs, config, generator)
+    lam = config.ditto_lambda
+    return run_epochs(
+        model.personal, model.personal.parameters(), x, y, config.local_epochs, config, generator,
+        penalty=lambda: lam * proximity(model.personal, received),
+    )
+
+
+def ditto_personal(
+    model: DittoModel, x: torch.Tensor, y: torch.Tensor, config: Config,
+    generator: torch.Generator,
+) -> nn.Module:
+    """Ditto evaluates the personal model."""
+    return model.personal
 
 
 @torch.no_grad()

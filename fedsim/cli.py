@@ -30,10 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     plot_p.add_argument("-o", "--output", default="accuracy.png", help="PNG file to write")
     plot_p.add_argument("--label", action="append", default=[],
                         help="config key(s) for legend labels (default: keys that differ)")
+    cmp_p = sub.add_parser("compare", help="strategies x seeds on one config: table + plot")
+    cmp_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
+    cmp_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cmp_p.add_argument("--strategies", default="fedrep,fedper,lg-fedavg,fedbabu,ditto,local,"
+                       "fedavg-ft,fedavg", help="comma-separated (default: all eight)")
+    cmp_p.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
+    cmp_p.add_argument("--out", required=True, help="directory for runs/, table.md, curves.png")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "compare":
+            return _compare(args)
         from fedsim.plot import plot_runs
 
         path = plot_runs(args.runs, args.output, args.label or None)
@@ -42,6 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedsim.compare import compare
+    from fedsim.simulation import RunFailed
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    try:
+        out = compare(args.config, args.set, strategies, seeds, args.out)
+    except RunFailed as exc:
+        print(f"fedsim: a run failed: {exc}", file=sys.stderr)
+        return 1
+    print((out / "table.md").read_text())
+    print(f"wrote {out / 'table.md'} and {out / 'curves.png'}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ class Config:
     head_epochs: int = 10
     body_epochs: int = 1
     local_epochs: int = 1  # FedAvg: as FedRep-lineage scripts run it, = FedRep body epochs
+    finetune_epochs: int = 10  # FedAvg-FT / FedBABU head fine-tuning before evaluation
+    ditto_lambda: float = 0.1
     lr: float = 0.01
     momentum: float = 0.5
     weight_decay: float = 1e-4
@@ -90,7 +92,8 @@ class Config:
         for name in ("num_clients", "classes_per_client", "num_rounds", "eval_every", "batch_size",
                      "hidden_dim"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("head_epochs", "body_epochs", "local_epochs", "seed", "num_nodes"):
+        for name in ("head_epochs", "body_epochs", "local_epochs", "finetune_epochs", "seed",
+                     "num_nodes"):
             _at_least(name, getattr(self, name), 0)
         for name in ("fraction_train", "fraction_evaluate"):
             value = getattr(self, name)
@@ -104,6 +107,8 @@ class Config:
         _positive("client_num_cpus", self.client_num_cpus)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum = {self.momentum}: must be in [0, 1)")
+        if self.ditto_lambda < 0:
+            raise ConfigError(f"ditto-lambda = {self.ditto_lambda}: must be >= 0")
         if self.weight_decay < 0:
             raise ConfigError(f"weight-decay = {self.weight_decay}: must be >= 0")
         if self.client_num_gpus < 0:

@@ -23,7 +23,7 @@ def plot_runs(run_dirs: list[str], output: str, label_keys: list[str] | None = N
     runs = [read_run(d) for d in run_dirs]
     labels = run_labels([cfg for cfg, _ in runs], label_keys)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (config, rows), label in zip(runs, labels):
+    for (_, rows), label in zip(runs, labels):
         rows = [r for r in rows if r.get("accuracy") is not None]
         if not rows:
             continue

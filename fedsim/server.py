@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -12,8 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim.config import Config
 from fedsim.data import load_dataset
 from fedsim.history import RunWriter
-from fedsim.models import build_model
-from strategies.registry import ALGORITHMS
+from strategies.registry import ALGORITHMS, client_model
 
 Progress = Callable[[dict[str, Any], Config], None]
 
@@ -30,7 +29,7 @@ def run_rounds(
     strategy = ALGORITHMS[config.strategy].strategy(config)
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
     strategy.node_of = {c: node_by_pid[c % len(node_by_pid)] for c in range(config.num_clients)}
-    arrays = strategy.initial_arrays(build_model(load_dataset(config), config.hidden_dim, config.seed))
+    arrays = strategy.initial_arrays(client_model(config, load_dataset(config)))
     run_config = {"run-config": config.to_json()}
 
     for server_round in range(1, config.num_rounds + 1):

@@ -17,7 +17,7 @@ def weighted_average(
     total = float(np.sum(np.asarray(weights, dtype=np.float64)))
     if not total > 0:
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
-    keys = updates[0].keys()
+    keys = updates[0].keys()  # may be empty: nothing shared, nothing to average
     out = {}
     for key in keys:
         acc = np.zeros(updates[0][key].shape, dtype=np.float64)

@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
@@ -105,11 +113,12 @@ class CohortFedAvg(FedAvg):
         losses: dict[int, float] = {}
         for msg in valid:
             metrics = msg.content["metrics"]
-            updates.update(split_client_arrays(msg.content[self.arrayrecord_key]))
+            sent = split_client_arrays(msg.content[self.arrayrecord_key])
             for client, n, loss in zip(
                 metrics["client-ids"], metrics["client-examples"], metrics["train-loss"]
             ):
                 weights[client], losses[client] = float(n), float(loss)
+                updates[client] = sent.get(client, {})  # {} when nothing is shared
         order = sorted(updates)
         expected = set(updates[order[0]])
         for client in order:
