@@ -16,6 +16,29 @@ from fedsim.config import Config
 from fedsim.models import SplitModel
 
 
+def task_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class labels, mean squared error for real-valued targets."""
+    if y.is_floating_point():
+        return nn.functional.mse_loss(output.squeeze(-1), y)
+    return nn.functional.cross_entropy(output, y)
+
+
+def solve_head(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Set a linear head to the least-squares fit of ``y`` on the body's features
+    (FedRep's exact head update in the linear setting)."""
+    head = model.head
+    if not isinstance(head, nn.Linear) or not y.is_floating_point():
+        raise ValueError("head-solver = 'lstsq' needs a linear head and a regression target")
+    with torch.no_grad():
+        features = model.body(x)
+        if head.bias is not None:
+            features = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+        solution = torch.linalg.lstsq(features.double(), y.double().unsqueeze(1)).solution
+        head.weight.copy_(solution[: head.in_features].T)
+        if head.bias is not None:
+            head.bias.copy_(solution[head.in_features :, 0])
+
+
 def run_epochs(
     model: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
     epochs: int, sgd: Config, generator: torch.Generator,
@@ -42,7 +65,7 @@ def run_epochs(
             loss_sum = 0.0
             for start in range(0, n, sgd.batch_size):
                 batch = order[start : start + sgd.batch_size]
-                loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+                loss = task_loss(model(x[batch]), y[batch])
                 if penalty is not None:
                     loss = loss + penalty()
                 opt.zero_grad(set_to_none=True)
@@ -59,9 +82,14 @@ def train_fedrep(
     model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
     generator: torch.Generator,
 ) -> float:
-    """FedRep's local update: the head for ``head-epochs`` with the body frozen, then the
-    body for ``body-epochs`` with the head frozen (Collins et al., ICML 2021, Alg. 1)."""
-    loss = run_epochs(model, model.head.parameters(), x, y, config.head_epochs, config, generator)
+    """FedRep's local update: the head for ``head-epochs`` with the body frozen (or solved
+    exactly, ``head-solver = "lstsq"``), then the body for ``body-epochs`` with the head
+    frozen (Collins et al., ICML 2021, Alg. 1)."""
+    if config.head_solver == "lstsq":
+        solve_head(model, x, y)
+        loss = float("nan")
+    else:
+        loss = run_epochs(model, model.head.parameters(), x, y, config.head_epochs, config, generator)
     body_loss = run_epochs(
         model, model.body.parameters(), x, y, config.body_epochs, config, generator
     )
@@ -138,9 +166,11 @@ def ditto_personal(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on ``x, y``."""
+    """(accuracy, mean loss) of ``model`` on ``x, y``; for regression targets the loss is
+    the MSE and accuracy is nan."""
     model.eval()
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(dim=1) == y).double().mean().item()
-    return accuracy, loss
+    output = model(x)
+    loss = task_loss(output, y).item()
+    if y.is_floating_point():
+        return float("nan"), loss
+    return (output.argmax(dim=1) == y).double().mean().item(), loss

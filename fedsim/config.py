@@ -35,6 +35,11 @@ class Config:
     dirichlet_alpha: float = 0.5
     test_fraction: float = 0.25
     seed: int = 0
+    # synthetic linear data (dataset = "linear-regression")
+    linear_dim: int = 20
+    linear_rank: int = 2
+    samples_per_client: int = 10
+    noise_std: float = 1e-3
     plugins: str = ""  # comma-separated modules or .py files that register splits/datasets
     # rounds and sampling
     num_rounds: int = 100
@@ -52,6 +57,8 @@ class Config:
     weight_decay: float = 1e-4
     batch_size: int = 10
     hidden_dim: int = 128
+    head_solver: str = "sgd"  # "lstsq": FedRep heads solved exactly (linear head, regression)
+    body_qr: bool = False  # FedRep: re-orthonormalise the averaged linear body (QR)
     # execution
     client_num_cpus: float = 1.0
     client_num_gpus: float = 0.0
@@ -85,12 +92,13 @@ class Config:
         _choice("strategy", self.strategy, ALGORITHMS)
         _choice("dataset", self.dataset, DATASETS)
         _choice("partitioner", self.partitioner, PARTITIONERS)
+        _choice("head_solver", self.head_solver, {"sgd": None, "lstsq": None})
         if self.partitioner == "file" and not self.split_file:
             raise ConfigError("partitioner = 'file' needs split-file = 'PATH.json'")
         if self.split_file and not Path(self.split_file).is_file():
             raise ConfigError(f"split-file = {self.split_file!r}: no such file")
         for name in ("num_clients", "classes_per_client", "num_rounds", "eval_every", "batch_size",
-                     "hidden_dim"):
+                     "hidden_dim", "linear_dim", "linear_rank", "samples_per_client"):
             _at_least(name, getattr(self, name), 1)
         for name in ("head_epochs", "body_epochs", "local_epochs", "finetune_epochs", "seed",
                      "num_nodes"):
@@ -107,6 +115,10 @@ class Config:
         _positive("client_num_cpus", self.client_num_cpus)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum = {self.momentum}: must be in [0, 1)")
+        if self.linear_rank > self.linear_dim:
+            raise ConfigError(f"linear-rank = {self.linear_rank}: must be <= linear-dim = {self.linear_dim}")
+        if self.noise_std < 0:
+            raise ConfigError(f"noise-std = {self.noise_std}: must be >= 0")
         if self.ditto_lambda < 0:
             raise ConfigError(f"ditto-lambda = {self.ditto_lambda}: must be >= 0")
         if self.weight_decay < 0:
@@ -172,6 +184,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: expected key=value")
         name = _field_name(key)
         values[name] = _typed(key, _parse_text(key, text.strip()))
+    from fedsim.data import DATASET_DEFAULTS
+
+    dataset = values.get("dataset", Config.dataset)
+    for name, value in DATASET_DEFAULTS.get(dataset, {}).items():
+        values.setdefault(name, value)
     config = Config(**values)
     config.validate()
     return config

@@ -26,25 +26,31 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Features ``x`` (float32, N × input_shape), labels ``y`` (int64) and metadata."""
-
-    name: str
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-
-@dataclass(frozen=True)
 class ClientSplit:
     """Indices into the dataset that one client holds."""
 
     train: np.ndarray
     test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features ``x`` (float32, N × input_shape), targets ``y`` (int64 class labels, or
+    float32 values when ``num_classes`` is 0: regression) and metadata. ``natural`` is the
+    dataset's own client split (``partitioner = "natural"``); ``true_body`` the
+    ground-truth representation of synthetic data, if known."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    model: str = "mlp"
+    natural: list[ClientSplit] | None = None
+    true_body: np.ndarray | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
 
 def load_digits_dataset(config: Config) -> Dataset:
@@ -56,7 +62,46 @@ def load_digits_dataset(config: Config) -> Dataset:
     return Dataset("digits", x, bunch.target.astype(np.int64), 10)
 
 
-DATASETS: dict[str, Callable[[Config], Dataset]] = {"digits": load_digits_dataset}
+def linear_regression(config: Config) -> Dataset:
+    """FedRep's linear setting (Collins et al. 2021, Sec. 5.1): yᵢ = xᵀB*wᵢ + ε with
+    x ~ N(0, I_d), B* ∈ R^{d×k} with orthonormal columns, wᵢ ~ N(0, I_k) per client,
+    ε ~ N(0, ``noise-std``²). Each client has ``samples-per-client`` training samples
+    and 100 test samples; ``d = linear-dim``, ``k = linear-rank``."""
+    rng = np.random.default_rng([config.seed, 7])
+    d, k, n, m, m_test = (config.linear_dim, config.linear_rank, config.num_clients,
+                          config.samples_per_client, 100)
+    true_body, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    heads = rng.standard_normal((n, k))
+    x = rng.standard_normal((n, m + m_test, d))
+    y = np.einsum("nsd,dk,nk->ns", x, true_body, heads) + config.noise_std * rng.standard_normal(
+        (n, m + m_test)
+    )
+    offsets = np.arange(n)[:, None] * (m + m_test)
+    natural = [
+        ClientSplit(offsets[i, 0] + np.arange(m), offsets[i, 0] + np.arange(m, m + m_test))
+        for i in range(n)
+    ]
+    return Dataset(
+        "linear-regression", x.reshape(-1, d).astype(np.float32), y.reshape(-1).astype(np.float32),
+        num_classes=0, model="linear", natural=natural, true_body=true_body,
+    )
+
+
+DATASETS: dict[str, Callable[[Config], Dataset]] = {
+    "digits": load_digits_dataset,
+    "linear-regression": linear_regression,
+}
+
+DATASET_DEFAULTS: dict[str, dict[str, object]] = {
+    # FedRep's linear experiment: all clients every round, heads solved exactly, one
+    # full-batch gradient step on the body, QR after averaging.
+    "linear-regression": {
+        "partitioner": "natural", "num_clients": 100, "fraction_train": 1.0, "num_rounds": 300,
+        "head_solver": "lstsq", "body_epochs": 1, "local_epochs": 1, "batch_size": 100000,
+        "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "body_qr": True,
+    },
+}
+"""Per-dataset defaults, used for every key the config file and --set leave unset."""
 
 Partitioner = Callable[[np.ndarray, int, np.random.Generator, "Config"], list[np.ndarray]]
 """(train labels, number of clients, seeded RNG, config) -> one index array per client."""
@@ -138,6 +183,7 @@ PARTITIONERS: dict[str, Partitioner | None] = {
     "dirichlet": dirichlet,
     "shards": shards,
     "file": None,  # reads ``split-file``; handled by make_split
+    "natural": None,  # the dataset's own clients; handled by make_split
 }
 
 
@@ -151,6 +197,15 @@ def make_split(config: Config, data: Dataset) -> list[ClientSplit]:
     rng = np.random.default_rng(config.seed)
     if config.partitioner == "file":
         splits = _split_from_file(Path(config.split_file), config, len(data.y), rng)
+    elif config.partitioner == "natural":
+        if data.natural is None:
+            raise DataError(f"dataset {data.name!r} has no natural client split; use another partitioner")
+        if len(data.natural) != config.num_clients:
+            raise DataError(
+                f"dataset {data.name!r} has {len(data.natural)} natural clients but "
+                f"num-clients = {config.num_clients}"
+            )
+        splits = list(data.natural)
     else:
         train_pool, test_pool = _stratified_pools(data.y, config.test_fraction, rng)
         parts = PARTITIONERS[config.partitioner](data.y[train_pool], config.num_clients, rng, config)

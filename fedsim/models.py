@@ -32,6 +32,12 @@ def mlp(in_features: int, hidden: int, num_classes: int) -> SplitModel:
     return SplitModel(body, nn.Linear(hidden, num_classes))
 
 
+def linear_representation(dim: int, rank: int) -> SplitModel:
+    """x ↦ wᵀ(Bᵀx): body = B (``body.weight`` is Bᵀ, rank × dim), head = w; no biases
+    (FedRep's linear model)."""
+    return SplitModel(nn.Linear(dim, rank, bias=False), nn.Linear(rank, 1, bias=False))
+
+
 def build_model(data: Dataset, hidden_dim: int, seed: int) -> SplitModel:
     """The model for ``data``, initialised deterministically from ``seed``."""
     in_features = 1
@@ -39,4 +45,7 @@ def build_model(data: Dataset, hidden_dim: int, seed: int) -> SplitModel:
         in_features *= dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if data.model == "linear":
+            assert data.true_body is not None
+            return linear_representation(in_features, data.true_body.shape[1])
         return mlp(in_features, hidden_dim, data.num_classes)

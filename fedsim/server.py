@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim.config import Config
 from fedsim.data import load_dataset
 from fedsim.history import RunWriter
+from strategies.aggregate import principal_angle_distance
 from strategies.registry import ALGORITHMS, client_model
 
 Progress = Callable[[dict[str, Any], Config], None]
@@ -29,7 +31,8 @@ def run_rounds(
     strategy = ALGORITHMS[config.strategy].strategy(config)
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
     strategy.node_of = {c: node_by_pid[c % len(node_by_pid)] for c in range(config.num_clients)}
-    arrays = strategy.initial_arrays(client_model(config, load_dataset(config)))
+    data = load_dataset(config)
+    arrays = strategy.initial_arrays(client_model(config, data))
     run_config = {"run-config": config.to_json()}
 
     for server_round in range(1, config.num_rounds + 1):
@@ -42,24 +45,34 @@ def run_rounds(
         arrays = new_arrays
         row: dict[str, Any] = {
             "round": server_round,
-            "train_loss": float(train_metrics["train-loss"]),
+            "train_loss": _number(train_metrics["train-loss"]),
             "clients_trained": sum(len(m.content["config"]["clients"]) for m in messages),
         }
+        if data.true_body is not None and "body.weight" in arrays:
+            estimate = arrays["body.weight"].numpy().T  # B̂: dim × rank
+            row["distance"] = principal_angle_distance(estimate, data.true_body)
         if server_round % config.eval_every == 0 or server_round == config.num_rounds:
             messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(run_config), grid)
             metrics = strategy.aggregate_evaluate(
                 server_round, _exchange(grid, list(messages), config.round_timeout)
             )
             assert metrics is not None
-            row["accuracy"] = float(metrics["accuracy"])
-            row["loss"] = float(metrics["loss"])
-            row["clients"] = {
-                str(c): float(a) for c, a in zip(metrics["client-ids"], metrics["client-accuracy"])
-            }
+            row["accuracy"] = _number(metrics["accuracy"])
+            row["loss"] = _number(metrics["loss"])
+            ids = [str(c) for c in metrics["client-ids"]]
+            row["clients"] = dict(zip(ids, map(_number, metrics["client-accuracy"])))
+            if row["accuracy"] is None:  # regression: per-client test MSE instead
+                row["clients_loss"] = dict(zip(ids, map(_number, metrics["client-loss"])))
         row["round_seconds"] = round(time.perf_counter() - start, 4)
         writer.log_round(row)
         if progress:
             progress(row, config)
+
+
+def _number(value: Any) -> float | None:
+    """A float for metrics.jsonl; nan (not applicable, e.g. accuracy of a regression) -> None."""
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 def make_server_app(

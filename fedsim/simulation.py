@@ -152,8 +152,9 @@ def _quiet(verbose: bool) -> None:
 
 
 def _print_progress(row: dict[str, Any], config: Config) -> None:
-    parts = [f"round {row['round']:>4}/{config.num_rounds}", f"train-loss {row['train_loss']:.4f}"]
-    if "accuracy" in row:
-        parts += [f"accuracy {row['accuracy']:.4f}", f"loss {row['loss']:.4f}"]
+    parts = [f"round {row['round']:>4}/{config.num_rounds}"]
+    for key in ("train_loss", "accuracy", "loss", "distance"):
+        if row.get(key) is not None:
+            parts.append(f"{key.replace('_', '-')} {row[key]:.4g}")
     parts.append(f"{row['round_seconds']:.2f} s")
     print("  ".join(parts), file=sys.stderr, flush=True)

@@ -33,3 +33,18 @@ def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator) 
     if count >= num_clients:
         return list(range(num_clients))
     return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
+
+
+def orthonormal_columns(matrix: np.ndarray) -> np.ndarray:
+    """Q of the reduced QR decomposition, signs fixed so diag(R) ≥ 0 (deterministic)."""
+    q, r = np.linalg.qr(matrix)
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+    return q * signs
+
+
+def principal_angle_distance(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """‖(I − B̂B̂ᵀ)B*‖₂² with B̂ the orthonormalised ``estimate`` (d × k) and ``truth``
+    B* (d × k, orthonormal columns): the squared sine of the largest principal angle."""
+    basis = orthonormal_columns(estimate.astype(np.float64))
+    residual = truth - basis @ (basis.T @ truth)
+    return float(np.linalg.norm(residual, ord=2) ** 2)

@@ -150,5 +150,6 @@ class CohortFedAvg(FedAvg):
             "loss": sum(n * loss for _, n, _, loss in rows) / total,
             "client-ids": [c for c, _, _, _ in rows],
             "client-accuracy": [a for _, _, a, _ in rows],
+            "client-loss": [loss for _, _, _, loss in rows],
             "num-examples": total,
         })
