@@ -14,7 +14,7 @@ import traceback
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -44,41 +44,76 @@ def _explained(handler):
         try:
             return handler(msg, context)
         except Exception as exc:
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
             clients = list(msg.content["config"]["clients"]) if "config" in msg.content else "?"
-            raise RuntimeError(
-                f"clients {clients}: {type(exc).__name__}: {exc} "
-                f"(at {frame.filename}:{frame.lineno})"
-            ) from exc
+            raise RuntimeError(f"clients {clients}: {_describe(exc)}") from exc
 
     return wrapper
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (at file:line)`` of the innermost frame."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__}: {exc} (at {frame.filename}:{frame.lineno})"
+
+
+@app.query("export")
+def export_state(msg: Message, context: Context) -> Message:
+    """Every personal array this node holds (for checkpoints)."""
+    record = context.state.get(PERSONAL) or ArrayRecord()
+    return Message(RecordDict({"arrays": record}), reply_to=msg)
+
+
+@app.query("restore")
+def restore_state(msg: Message, context: Context) -> Message:
+    """Replace this node's personal arrays with the ones sent (resuming a checkpoint)."""
+    context.state[PERSONAL] = msg.content["arrays"]
+    return Message(RecordDict(), reply_to=msg)
 
 
 @app.train()
 @_explained
 def train(msg: Message, context: Context) -> Message:
-    """Local update of every named client; reply with each client's shared arrays."""
+    """Local update of every named client; reply with each client's shared arrays.
+
+    Injected faults (``client-dropout``, ``client-crash``) and exceptions raised by a
+    client's routine are per client: the client is left out of the reply and reported
+    under ``failures`` (ids and errors) for the server's ``max-failures`` budget."""
     config, clients, shared = _unpack(msg)
     actor = _actor(config.to_json())
     local_update = ALGORITHMS[config.strategy].local_update
     server_round = int(msg.content["config"]["server-round"])
     out: dict[str, torch.Tensor] = {}
-    examples, losses = [], []
+    done, examples, losses, dropped, failed, errors = [], [], [], [], [], []
     for client in clients:
-        x, y, _, _ = actor.tensors(client)
-        model = actor.load(client, shared, context)
-        generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, client))
-        losses.append(float(local_update(model, x, y, config, generator)))
+        fault = np.random.default_rng([config.seed, server_round, client, 2]).random(2)
+        if fault[0] < config.client_dropout:
+            dropped.append(client)
+            continue
+        try:
+            if fault[1] < config.client_crash:
+                raise RuntimeError(f"injected crash (client-crash = {config.client_crash})")
+            x, y, _, _ = actor.tensors(client)
+            model = actor.load(client, shared, context)
+            generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, client))
+            loss = float(local_update(model, x, y, config, generator))
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which decides
+            failed.append(client)
+            errors.append(_describe(exc))
+            continue
+        done.append(client)
+        losses.append(loss)
         examples.append(len(y))
         state = model.state_dict()
         for name in shared:
             out[f"{client}/{name}"] = state[name].detach().cpu().clone()  # model is reused
         _store_personal(context, client, {k: v for k, v in state.items() if k not in shared})
     metrics = MetricRecord({
-        "num-examples": sum(examples), "client-ids": clients,
+        "num-examples": sum(examples), "client-ids": done,
         "client-examples": examples, "train-loss": losses,
     })
-    return Message(RecordDict({"arrays": ArrayRecord(out), "metrics": metrics}), reply_to=msg)
+    failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
+    content = RecordDict({"arrays": ArrayRecord(out), "metrics": metrics, "failures": failures})
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="override one config key (repeatable)")
     run_p.add_argument("--out", help="run directory (default: runs/<strategy>-<dataset>-<time>)")
     run_p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    resume_p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume_p.add_argument("run_dir", metavar="RUN_DIR")
+    resume_p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     plot_p = sub.add_parser("plot", help="plot accuracy vs round of one or more runs")
     plot_p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot_p.add_argument("-o", "--output", default="accuracy.png", help="PNG file to write")
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "resume":
+            return _resume(args)
         from fedsim.plot import plot_runs
 
         path = plot_runs(args.runs, args.output, args.label or None)
@@ -72,6 +77,24 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume(args: argparse.Namespace) -> int:
+    from fedsim.simulation import RunFailed, resume
+
+    try:
+        summary = resume(args.run_dir, progress=not args.quiet)
+    except RunFailed as exc:
+        print(f"fedsim: run failed: {exc}\nfedsim: partial results in {args.run_dir}", file=sys.stderr)
+        return 1
+    return _report(summary, args.run_dir)
+
+
+def _report(summary: dict, out: str) -> int:
+    final = summary["final_accuracy"]
+    text = f"final_accuracy {final:.4f}" if final is not None else f"final_loss {summary['final_loss']:.4g}"
+    print(f"{text} (mean of the last 10 evaluated rounds), wall {summary['wall_seconds']:.1f} s -> {out}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from fedsim.simulation import RunFailed, default_out_dir, run
 
@@ -84,9 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     except RunFailed as exc:
         print(f"fedsim: run failed: {exc}\nfedsim: partial results in {out}", file=sys.stderr)
         return 1
-    print(f"final_accuracy {summary['final_accuracy']:.4f} "
-          f"(mean of the last rounds), wall {summary['wall_seconds']:.1f} s -> {out}")
-    return 0
+    return _report(summary, out)
 
 
 if __name__ == "__main__":

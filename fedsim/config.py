@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import tomllib
 from dataclasses import dataclass, fields
@@ -59,6 +60,11 @@ class Config:
     hidden_dim: int = 128
     head_solver: str = "sgd"  # "lstsq": FedRep heads solved exactly (linear head, regression)
     body_qr: bool = False  # FedRep: re-orthonormalise the averaged linear body (QR)
+    # reliability
+    checkpoint_every: int = 0  # rounds between checkpoints in the run directory; 0 = off
+    client_dropout: float = 0.0  # probability that a sampled client does not answer
+    client_crash: float = 0.0  # probability that a sampled client raises
+    max_failures: int = 0  # failed clients tolerated per round; beyond it the run stops
     # execution
     client_num_cpus: float = 1.0
     client_num_gpus: float = 0.0
@@ -73,8 +79,6 @@ class Config:
 
     def to_json(self) -> str:
         """Canonical JSON of :meth:`to_dict` (sorted keys)."""
-        import json
-
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def replace(self, **changes: Any) -> Config:
@@ -101,12 +105,16 @@ class Config:
                      "hidden_dim", "linear_dim", "linear_rank", "samples_per_client"):
             _at_least(name, getattr(self, name), 1)
         for name in ("head_epochs", "body_epochs", "local_epochs", "finetune_epochs", "seed",
-                     "num_nodes"):
+                     "num_nodes", "checkpoint_every", "max_failures"):
             _at_least(name, getattr(self, name), 0)
         for name in ("fraction_train", "fraction_evaluate"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{key_of(name)} = {value}: must be in (0, 1]")
+        for name in ("client_dropout", "client_crash"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key_of(name)} = {value}: must be in [0, 1)")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test-fraction = {self.test_fraction}: must be in (0, 1)")
         _positive("lr", self.lr)
@@ -152,6 +160,17 @@ def load_plugins(spec: str) -> None:
         except Exception as exc:
             sys.modules.pop(name, None)
             raise ConfigError(f"plugins: cannot import {item!r}: {exc}") from exc
+
+
+def flwr_config_section() -> str:
+    """The ``[tool.flwr.app.config]`` block of pyproject.toml: every key with its default,
+    so ``flwr run --run-config`` can override any of them. Regenerate after adding a key:
+    ``python -c "from fedsim.config import flwr_config_section as f; print(f())"``."""
+    lines = ["[tool.flwr.app.config]  # every fedsim config key; `fedsim run` ignores this section"]
+    for key, value in Config().to_dict().items():
+        text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 def key_of(field_name: str) -> str:

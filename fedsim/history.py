@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -16,13 +15,23 @@ class RunWriter:
     """Appends round metrics as they come (flushed, so a crash keeps them) and writes
     the summary at the end, also when the run fails."""
 
-    def __init__(self, out_dir: str | Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, out_dir: str | Path, config: dict[str, Any], resume_after: int | None = None
+    ) -> None:
+        """A new run directory, or (``resume_after`` = a round) the existing one with the
+        rows after that round dropped, since the resumed run recomputes them."""
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
         self.rows: list[dict[str, Any]] = []
+        if resume_after is not None:
+            _, rows = read_run(self.dir)
+            self.rows = [r for r in rows if r["round"] <= resume_after]
         write_json(self.dir / "config.json", config)
         self._metrics = open(self.dir / "metrics.jsonl", "w", encoding="utf-8")
+        for row in self.rows:
+            self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
+        self._metrics.flush()
 
     def log_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -45,9 +54,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``final_accuracy``: mean ``accuracy`` over the last 10 evaluated rounds."""
     evaluated = [r for r in rows if r.get("accuracy") is not None]
     last = evaluated[-FINAL_WINDOW:]
-    final = sum(r["accuracy"] for r in last) / len(last) if last else math.nan
     return {
-        "final_accuracy": final if last else None,
+        "final_accuracy": sum(r["accuracy"] for r in last) / len(last) if last else None,
         "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
         "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
         "rounds_completed": rows[-1]["round"] if rows else 0,
@@ -68,5 +76,10 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{str(run_dir)!r} is not a fedsim run directory (no {name})")
     config = json.loads((run_dir / "config.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a killed run: everything before it is complete
     return config, rows

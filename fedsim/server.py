@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.data import load_dataset
 from fedsim.history import RunWriter
@@ -24,37 +26,55 @@ class ClientFailure(RuntimeError):
 
 
 def run_rounds(
-    grid: Grid, config: Config, writer: RunWriter, num_nodes: int, progress: Progress | None = None
+    grid: Grid, config: Config, writer: RunWriter, num_nodes: int, progress: Progress | None = None,
+    resume: Checkpoint | None = None,
 ) -> None:
-    """Train for ``num-rounds`` rounds, evaluating every ``eval-every`` rounds, and log
-    one row per round. Raises ClientFailure when any client fails."""
+    """Train for ``num-rounds`` rounds (continuing after ``resume`` if given), evaluate
+    every ``eval-every`` rounds, log one row per round and checkpoint every
+    ``checkpoint-every`` rounds. Raises ClientFailure beyond ``max-failures``."""
     strategy = ALGORITHMS[config.strategy].strategy(config)
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
     strategy.node_of = {c: node_by_pid[c % len(node_by_pid)] for c in range(config.num_clients)}
     data = load_dataset(config)
     arrays = strategy.initial_arrays(client_model(config, data))
+    first = 1
+    if resume is not None:
+        arrays = ArrayRecord({k: Array(v) for k, v in resume.server.items()})
+        strategy.load_state_dict(resume.strategy_state)
+        _restore_clients(grid, strategy.node_of, resume.clients, config.round_timeout)
+        first = resume.round + 1
     run_config = {"run-config": config.to_json()}
 
-    for server_round in range(1, config.num_rounds + 1):
+    for server_round in range(first, config.num_rounds + 1):
         start = time.perf_counter()
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(run_config), grid)
-        replies = _exchange(grid, list(messages), config.round_timeout)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(run_config), grid))
+        replies, failed = _exchange(grid, messages, config.round_timeout, tolerate=True)
+        dropped = [c for r in replies for c in r.content["failures"]["dropped"]]
+        for reply in replies:
+            report = reply.content["failures"]
+            failed.update(zip(report["failed"], report["errors"]))
+        if len(failed) > config.max_failures:
+            details = "\n  ".join(f"client {c}: {e}" for c, e in sorted(failed.items()))
+            raise ClientFailure(
+                f"round {server_round}: {len(failed)} client(s) failed "
+                f"(max-failures = {config.max_failures})\n  {details}"
+            )
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is None or train_metrics is None:
-            raise ClientFailure(f"round {server_round}: no client update came back")
-        arrays = new_arrays
+        arrays = new_arrays if new_arrays is not None else arrays
         row: dict[str, Any] = {
             "round": server_round,
-            "train_loss": _number(train_metrics["train-loss"]),
-            "clients_trained": sum(len(m.content["config"]["clients"]) for m in messages),
+            "train_loss": _number(train_metrics["train-loss"]) if train_metrics else None,
+            "clients_trained": sum(len(r.content["metrics"]["client-ids"]) for r in replies),
+            "failures": len(failed),
+            "dropped": len(dropped),
         }
         if data.true_body is not None and "body.weight" in arrays:
             estimate = arrays["body.weight"].numpy().T  # B̂: dim × rank
             row["distance"] = principal_angle_distance(estimate, data.true_body)
         if server_round % config.eval_every == 0 or server_round == config.num_rounds:
-            messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(run_config), grid)
+            messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(run_config), grid))
             metrics = strategy.aggregate_evaluate(
-                server_round, _exchange(grid, list(messages), config.round_timeout)
+                server_round, _exchange(grid, messages, config.round_timeout)[0]
             )
             assert metrics is not None
             row["accuracy"] = _number(metrics["accuracy"])
@@ -65,8 +85,36 @@ def run_rounds(
                 row["clients_loss"] = dict(zip(ids, map(_number, metrics["client-loss"])))
         row["round_seconds"] = round(time.perf_counter() - start, 4)
         writer.log_round(row)
+        if config.checkpoint_every and server_round % config.checkpoint_every == 0:
+            save_checkpoint(writer.dir, Checkpoint(
+                server_round, {k: v.numpy() for k, v in arrays.items()},
+                _export_clients(grid, node_by_pid, config.round_timeout), strategy.state_dict(),
+            ))
         if progress:
             progress(row, config)
+
+
+def _export_clients(grid: Grid, node_by_pid: dict[int, int], timeout: float) -> dict[str, np.ndarray]:
+    """Every node's personal arrays, gathered with one query per node."""
+    queries = [Message(RecordDict(), dst_node_id=node, message_type=f"{MessageType.QUERY}.export")
+               for node in node_by_pid.values()]
+    replies, _ = _exchange(grid, queries, timeout)
+    return {k: v.numpy() for r in replies for k, v in r.content["arrays"].items()}
+
+
+def _restore_clients(
+    grid: Grid, node_of: dict[int, int], clients: dict[str, np.ndarray], timeout: float
+) -> None:
+    """Send each node the personal arrays of its clients (the layout may have changed)."""
+    by_node: dict[int, dict[str, Array]] = {node: {} for node in set(node_of.values())}
+    for key, value in clients.items():
+        by_node[node_of[int(key.partition("/")[0])]][key] = Array(value)
+    messages = [
+        Message(RecordDict({"arrays": ArrayRecord(entries)}), dst_node_id=node,
+                message_type=f"{MessageType.QUERY}.restore")
+        for node, entries in by_node.items()
+    ]
+    _exchange(grid, messages, timeout)
 
 
 def _number(value: Any) -> float | None:
@@ -76,14 +124,15 @@ def _number(value: Any) -> float | None:
 
 
 def make_server_app(
-    config: Config, writer: RunWriter, num_nodes: int, progress: Progress | None = None
+    config: Config, writer: RunWriter, num_nodes: int, progress: Progress | None = None,
+    resume: Checkpoint | None = None,
 ) -> ServerApp:
     """A ServerApp bound to one run (the ``run_simulation`` path)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_rounds(grid, config, writer, num_nodes, progress)
+        run_rounds(grid, config, writer, num_nodes, progress, resume)
 
     return app
 
@@ -107,7 +156,7 @@ def _identify_nodes(grid: Grid, expected: int, timeout: float) -> dict[int, int]
     queries = [
         Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids
     ]
-    replies = _exchange(grid, queries, timeout)
+    replies, _ = _exchange(grid, queries, timeout)
     return {
         int(r.content["metrics"]["partition-id"]): r.metadata.src_node_id for r in replies
     }
@@ -121,20 +170,31 @@ def _reason(text: str) -> str:
     return text.strip().removesuffix("'>").strip()
 
 
-def _exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """send_and_receive that fails loudly: any error reply or missing reply raises."""
+def _exchange(
+    grid: Grid, messages: list[Message], timeout: float, tolerate: bool = False
+) -> tuple[list[Message], dict[int, str]]:
+    """send_and_receive that never hides a failure: returns the good replies and, per
+    client of a failed or missing reply, the reason. Unless ``tolerate``, any failure
+    raises ClientFailure naming the clients."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    failed = [r for r in replies if r.has_error()]
-    if failed or len(replies) < len(messages):
-        clients_of = {
-            m.metadata.dst_node_id: list(m.content["config"]["clients"])
-            if "config" in m.content else "?" for m in messages
-        }
-        lines = [_reason(r.error.reason) for r in failed]
-        answered = {r.metadata.src_node_id for r in replies}
-        lines += [
-            f"clients {clients}: no reply within round-timeout"
-            for node, clients in clients_of.items() if node not in answered
-        ]
-        raise ClientFailure("client failure\n  " + "\n  ".join(lines))
-    return replies
+    clients_of = {
+        m.metadata.dst_node_id: list(m.content["config"]["clients"]) if "config" in m.content else []
+        for m in messages
+    }
+    failed: dict[int, str] = {}
+    problems: list[str] = []
+    for reply in replies:
+        if reply.has_error():
+            node_clients = clients_of.get(reply.metadata.src_node_id, [])
+            reason = _reason(reply.error.reason)
+            failed.update((c, reason) for c in node_clients)
+            problems.append(reason if node_clients else f"node {reply.metadata.src_node_id}: {reason}")
+    answered = {r.metadata.src_node_id for r in replies}
+    for node, node_clients in clients_of.items():
+        if node not in answered:
+            reason = f"no reply within round-timeout = {timeout} s"
+            failed.update((c, reason) for c in node_clients)
+            problems.append(f"clients {node_clients or '?'} (node {node}): {reason}")
+    if problems and not tolerate:
+        raise ClientFailure("client failure\n  " + "\n  ".join(problems))
+    return [r for r in replies if not r.has_error()], failed

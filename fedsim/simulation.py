@@ -28,17 +28,33 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = True
     """Validate everything that can be checked without Ray, run the simulation, and
     return the summary. Raises ConfigError/DataError before starting anything, and
     RunFailed (after writing summary.json with the error) if the run fails."""
-    config.validate()
-    make_split(config, load_dataset(config))  # a bad split fails here, before Ray starts
-    _check_local_resources(config)
     out = Path(out_dir) if out_dir else default_out_dir(config)
     if (out / "metrics.jsonl").exists():
         raise ConfigError(f"--out {str(out)!r} already holds a run; choose another directory")
-    writer = RunWriter(out, config.to_dict())
+    return _execute(config, out, progress, None)
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Continue a run from its last checkpoint (after a crash or a kill). The rows after
+    the checkpoint are recomputed, so metrics.jsonl ends as an uninterrupted run's."""
+    from fedsim.checkpoint import load_checkpoint
+    from fedsim.config import config_from_dict
+    from fedsim.history import read_run
+
+    config = config_from_dict(read_run(run_dir)[0])
+    checkpoint = load_checkpoint(run_dir)
+    return _execute(config, Path(run_dir), progress, checkpoint)
+
+
+def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
+    config.validate()
+    make_split(config, load_dataset(config))  # a bad split fails here, before Ray starts
+    _check_local_resources(config)
+    writer = RunWriter(out, config.to_dict(), checkpoint.round if checkpoint else None)
     try:
         _quiet(config.verbose)
         num_nodes = _start_ray(config)
-        _simulate(config, writer, num_nodes, progress)
+        _simulate(config, writer, num_nodes, progress, checkpoint)
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
         message = f"{type(exc).__name__}: {exc}"
         writer.finish(error=message)
@@ -50,7 +66,9 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = True
     return writer.finish()
 
 
-def _simulate(config: Config, writer: RunWriter, num_nodes: int, progress: bool) -> None:
+def _simulate(
+    config: Config, writer: RunWriter, num_nodes: int, progress: bool, checkpoint: Any
+) -> None:
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
@@ -66,7 +84,9 @@ def _simulate(config: Config, writer: RunWriter, num_nodes: int, progress: bool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(
-            server_app=make_server_app(config, writer, num_nodes, _print_progress if progress else None),
+            server_app=make_server_app(
+                config, writer, num_nodes, _print_progress if progress else None, checkpoint
+            ),
             client_app=client_app,
             num_supernodes=num_nodes,
             backend_config=backend_config,  # type: ignore[arg-type]

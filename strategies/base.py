@@ -61,6 +61,13 @@ class CohortFedAvg(FedAvg):
         """Whether parameter ``name`` is shared with (and averaged by) the server."""
         return True
 
+    def state_dict(self) -> dict:
+        """JSON-able server-side state beyond the arrays (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     def initial_arrays(self, model: nn.Module) -> ArrayRecord:
         """The shared part of a freshly initialised model."""
         state = model.state_dict()
@@ -120,6 +127,8 @@ class CohortFedAvg(FedAvg):
                 weights[client], losses[client] = float(n), float(loss)
                 updates[client] = sent.get(client, {})  # {} when nothing is shared
         order = sorted(updates)
+        if not order:  # every sampled client dropped out or failed
+            return None, None
         expected = set(updates[order[0]])
         for client in order:
             if set(updates[client]) != expected:

@@ -85,5 +85,6 @@ def test_client_exception_names_the_clients(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setitem(registry.ALGORITHMS, "fedrep", registry.Algorithm(registry.FedRep, explode))
-    with pytest.raises(ClientFailure, match=r"clients \[\d.*RuntimeError: disk on fire"):
+    with pytest.raises(ClientFailure, match=r"3 client\(s\) failed \(max-failures = 0\)\n  client \d: "
+                       r"RuntimeError: disk on fire \(at .*test_apps_inprocess.py:\d+\)"):
         run(tmp_path)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import Config, ConfigError, config_from_dict, load_config
+from fedsim.config import Config, ConfigError, config_from_dict, flwr_config_section, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,10 @@ def test_toml_types_are_checked(tmp_path):
 
 
 def test_flwr_run_config_declares_every_key_with_the_default():
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = tomllib.loads(text)["tool"]["flwr"]["app"]["config"]
     assert declared == Config().to_dict()
+    assert flwr_config_section() in text  # regenerate with the command in its docstring
 
 
 def test_shipped_configs_are_valid():

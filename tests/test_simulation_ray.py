@@ -117,3 +117,38 @@ def test_bad_config_exits_2_with_the_key_named(tmp_path):
     result = fedsim("run", "--set", "num-rouns=5", timeout=60)
     assert result.returncode == 2
     assert "unknown config key 'num-rouns'; did you mean 'num-rounds'?" in result.stderr
+
+
+@pytest.mark.ray
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import time
+
+    args = [*SMALL, "--set", "num-rounds=8", "--set", "checkpoint-every=2", "--set", "head-epochs=10"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim", "run", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    metrics = killed / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metrics.read_text().splitlines()) < 8
+    resumed = fedsim("resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = fedsim("run", *args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    assert rows(killed) == rows(tmp_path / "whole")
+    assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"num-rounds": 3}))
+    (tmp_path / "metrics.jsonl").write_text("")
+    result = fedsim("resume", str(tmp_path), timeout=60)
+    assert result.returncode == 2 and "no checkpoint in" in result.stderr
