@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from fedsim.history import read_run
 
 def simulate(out: Path, name: str, overrides: list[str]) -> list[dict]:
     run_dir = out / "runs" / name
-    if not (run_dir / "summary.json").is_file():
+    summary = run_dir / "summary.json"
+    if not (summary.is_file() and json.loads(summary.read_text())["status"] == "completed"):
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short is run again
         config = load_config(None, ["dataset=linear-regression", *overrides])
         run(config, run_dir, progress=False)
     return read_run(run_dir)[1]

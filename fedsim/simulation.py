@@ -97,9 +97,12 @@ def _simulate(
 
 
 def _check_local_resources(config: Config) -> None:
-    """Resource requests Ray would hang on (no actor fits) are refused up front."""
-    if config.ray_address or os.environ.get("RAY_ADDRESS"):
-        return  # checked against the cluster once attached
+    """Resource requests Ray would hang on (no actor fits) and cluster addresses nothing
+    answers at (Ray would wait minutes) are refused up front."""
+    address = config.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        _check_reachable(address)
+        return  # resources are checked against the cluster once attached
     cpus = os.cpu_count() or 1
     if config.client_num_cpus > cpus:
         raise ConfigError(
@@ -119,6 +122,24 @@ def _check_local_resources(config: Config) -> None:
             raise ConfigError(
                 f"client-num-gpus = {config.client_num_gpus} exceeds the {gpus} GPU(s) here"
             )
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP connection to ``host:port`` (``ray://`` allowed) must open within 5 s."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray-address = {address!r}: expected HOST:PORT (or ray://HOST:PORT, auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"ray-address = {address!r}: nothing answers at {host}:{port} ({exc}); start the "
+            f"cluster (`ray start --head`) or leave ray-address empty for a local one"
+        ) from None
 
 
 def _start_ray(config: Config) -> int:

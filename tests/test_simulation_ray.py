@@ -152,3 +152,14 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     result = fedsim("resume", str(tmp_path), timeout=60)
     assert result.returncode == 2 and "no checkpoint in" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [("127.0.0.1:9", "nothing answers at 127.0.0.1:9"), ("no-port", "expected HOST:PORT")],
+)
+def test_unreachable_ray_address_fails_fast(tmp_path, address, message):
+    result = fedsim("run", *SMALL, "--set", f"ray-address={address}", "--out", str(tmp_path / "r"),
+                    timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "r").exists()
