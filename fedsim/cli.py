@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="override one config key (repeatable)")
     run_p.add_argument("--out", help="run directory (default: runs/<strategy>-<dataset>-<time>)")
     run_p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    split_p = sub.add_parser("split", help="picture of a config's client split (no training)")
+    split_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
+    split_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    split_p.add_argument("-o", "--output", default="split.png", help="PNG file to write")
     resume_p = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume_p.add_argument("run_dir", metavar="RUN_DIR")
     resume_p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "resume":
             return _resume(args)
+        if args.command == "split":
+            from fedsim.plot import plot_split
+
+            print(f"wrote {plot_split(load_config(args.config, args.set), args.output)}")
+            return 0
         from fedsim.plot import plot_runs
 
         path = plot_runs(args.runs, args.output, args.label or None)

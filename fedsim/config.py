@@ -29,11 +29,15 @@ class Config:
     # what to run
     strategy: str = "fedrep"
     dataset: str = "digits"
+    data_root: str = ""  # directory of a dataset's files (mnist, cifar*, femnist, digit5)
+    download: bool = False  # fetch mnist / fashion-mnist / cifar* with torchvision into data-root
+    synth_per_class: int = 100  # digit5-synth: training images per class and domain
     partitioner: str = "shards"
     split_file: str = ""  # JSON client -> indices, used by partitioner "file"
     num_clients: int = 20
     classes_per_client: int = 2
     dirichlet_alpha: float = 0.5
+    size_sigma: float = 1.0  # partitioner "size": spread of log client sizes
     test_fraction: float = 0.25
     seed: int = 0
     # synthetic linear data (dataset = "linear-regression")
@@ -57,6 +61,7 @@ class Config:
     momentum: float = 0.5
     weight_decay: float = 1e-4
     batch_size: int = 10
+    model: str = "auto"  # auto (the dataset's choice), mlp, cnn28, cnn32
     hidden_dim: int = 128
     head_solver: str = "sgd"  # "lstsq": FedRep heads solved exactly (linear head, regression)
     body_qr: bool = False  # FedRep: re-orthonormalise the averaged linear body (QR)
@@ -89,7 +94,9 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first value outside its allowed range."""
+        import fedsim.datasets  # noqa: F401 - registers the real datasets
         from fedsim.data import DATASETS, PARTITIONERS
+        from fedsim.models import MODELS
         from strategies.registry import ALGORITHMS
 
         load_plugins(self.plugins)
@@ -97,12 +104,14 @@ class Config:
         _choice("dataset", self.dataset, DATASETS)
         _choice("partitioner", self.partitioner, PARTITIONERS)
         _choice("head_solver", self.head_solver, {"sgd": None, "lstsq": None})
+        _choice("model", self.model, dict.fromkeys(MODELS))
         if self.partitioner == "file" and not self.split_file:
             raise ConfigError("partitioner = 'file' needs split-file = 'PATH.json'")
         if self.split_file and not Path(self.split_file).is_file():
             raise ConfigError(f"split-file = {self.split_file!r}: no such file")
         for name in ("num_clients", "classes_per_client", "num_rounds", "eval_every", "batch_size",
-                     "hidden_dim", "linear_dim", "linear_rank", "samples_per_client"):
+                     "hidden_dim", "linear_dim", "linear_rank", "samples_per_client",
+                     "synth_per_class"):
             _at_least(name, getattr(self, name), 1)
         for name in ("head_epochs", "body_epochs", "local_epochs", "finetune_epochs", "seed",
                      "num_nodes", "checkpoint_every", "max_failures"):
@@ -119,6 +128,7 @@ class Config:
             raise ConfigError(f"test-fraction = {self.test_fraction}: must be in (0, 1)")
         _positive("lr", self.lr)
         _positive("dirichlet_alpha", self.dirichlet_alpha)
+        _positive("size_sigma", self.size_sigma)
         _positive("round_timeout", self.round_timeout)
         _positive("client_num_cpus", self.client_num_cpus)
         if not 0.0 <= self.momentum < 1.0:

@@ -44,9 +44,12 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     num_classes: int
-    model: str = "mlp"
+    model: str = "auto"
     natural: list[ClientSplit] | None = None
     true_body: np.ndarray | None = None
+    domains: np.ndarray | None = None  # domain index per sample (multi-domain data)
+    domain_names: tuple[str, ...] = ()
+    test_mask: np.ndarray | None = None  # the dataset's own test set (True = test sample)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -178,10 +181,24 @@ def shards(labels: np.ndarray, num_clients: int, rng: np.random.Generator, confi
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
+def size_skew(labels: np.ndarray, num_clients: int, rng: np.random.Generator, config: Config):
+    """Quantity skew: iid samples, client sizes ∝ lognormal(0, ``size-sigma``) (a heavy
+    right tail, as in FL benchmarks' power-law sizes), each client at least 2 samples."""
+    n = len(labels)
+    if n < 2 * num_clients:
+        raise DataError(f"size: {n} training samples cannot give {num_clients} clients 2 samples each")
+    weights = rng.lognormal(0.0, config.size_sigma, num_clients)
+    sizes = 2 + np.floor(weights / weights.sum() * (n - 2 * num_clients)).astype(int)
+    sizes[np.argmax(weights)] += n - sizes.sum()  # the remainder to the largest client
+    return np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
+
+
 PARTITIONERS: dict[str, Partitioner | None] = {
     "iid": iid,
     "dirichlet": dirichlet,
     "shards": shards,
+    "size": size_skew,
+    "domain": None,  # one domain per client (round-robin); handled by make_split
     "file": None,  # reads ``split-file``; handled by make_split
     "natural": None,  # the dataset's own clients; handled by make_split
 }
@@ -206,8 +223,10 @@ def make_split(config: Config, data: Dataset) -> list[ClientSplit]:
                 f"num-clients = {config.num_clients}"
             )
         splits = list(data.natural)
+    elif config.partitioner == "domain":
+        splits = _split_by_domain(data, config, rng)
     else:
-        train_pool, test_pool = _stratified_pools(data.y, config.test_fraction, rng)
+        train_pool, test_pool = _pools(data, config.test_fraction, rng)
         parts = PARTITIONERS[config.partitioner](data.y[train_pool], config.num_clients, rng, config)
         if len(parts) != config.num_clients:
             raise DataError(
@@ -237,7 +256,57 @@ def match_test_split(
         cuts = np.round(np.cumsum(counts)[:-1] / counts.sum() * len(idx)).astype(int)
         for client, chunk in enumerate(np.split(idx, cuts)):
             out[client].extend(chunk.tolist())
+    _lend_test_samples(out, train_labels, test_pool, test_labels)
     return [np.array(o, dtype=np.int64) for o in out]
+
+
+def _lend_test_samples(out: list[list[int]], train_labels: list[np.ndarray], test_pool: np.ndarray,
+                       test_labels: np.ndarray) -> None:
+    """A small client can round down to no test sample at all: give it one of its most
+    frequent training class, taken from the client holding most test samples of it."""
+    label_of = dict(zip(test_pool.tolist(), test_labels.tolist()))
+    for client, labels in enumerate(train_labels):
+        if out[client] or len(labels) == 0:
+            continue
+        values, counts = np.unique(labels, return_counts=True)
+        for c in values[np.argsort(-counts, kind="stable")]:
+            holdings = [sum(label_of[i] == c for i in o) for o in out]
+            donor = int(np.argmax(holdings))
+            if holdings[donor] > 1:
+                sample = next(i for i in out[donor] if label_of[i] == c)
+                out[donor].remove(sample)
+                out[client].append(sample)
+                break
+
+
+def _pools(data: Dataset, test_fraction: float, rng: np.random.Generator):
+    """(train pool, test pool): the dataset's own test set if it has one, else a
+    stratified ``test-fraction`` of every class."""
+    if data.test_mask is not None:
+        return np.flatnonzero(~data.test_mask), np.flatnonzero(data.test_mask)
+    return _stratified_pools(data.y, test_fraction, rng)
+
+
+def _split_by_domain(data: Dataset, config: Config, rng: np.random.Generator) -> list[ClientSplit]:
+    """Client i holds domain i mod D (D = number of domains): the domain's training pool
+    cut iid among its clients, test data drawn from the same domain and classes."""
+    if data.domains is None:
+        raise DataError(f"partitioner = 'domain' needs a multi-domain dataset; {data.name!r} has one domain")
+    count = len(data.domain_names)
+    if config.num_clients < count:
+        raise DataError(f"partitioner = 'domain': num-clients = {config.num_clients} is fewer than "
+                        f"the {count} domains of {data.name!r}")
+    train_pool, test_pool = _pools(data, config.test_fraction, rng)
+    splits: list[ClientSplit | None] = [None] * config.num_clients
+    for d in range(count):
+        owners = list(range(d, config.num_clients, count))
+        train_d = train_pool[data.domains[train_pool] == d]
+        test_d = test_pool[data.domains[test_pool] == d]
+        parts = [train_d[p] for p in iid(data.y[train_d], len(owners), rng, config)]
+        tests = match_test_split([data.y[p] for p in parts], test_d, data.y[test_d], rng)
+        for owner, train, test in zip(owners, parts, tests):
+            splits[owner] = ClientSplit(np.sort(train), np.sort(test))
+    return splits  # type: ignore[return-value]
 
 
 def _stratified_pools(y: np.ndarray, test_fraction: float, rng: np.random.Generator):
@@ -311,3 +380,30 @@ def _check_split(splits: list[ClientSplit], config: Config) -> None:
                 f"the split ({config.partitioner}, num-clients = {config.num_clients}) leaves "
                 f"client(s) {empty[:10]} without {name} data; use fewer clients or another split"
             )
+
+
+def register_flwr_partitioner(name: str, make: Callable[[int], object]) -> None:
+    """Use any ``flwr_datasets`` partitioner as ``partitioner = name``. ``make(num_clients)``
+    returns the partitioner, e.g. ``lambda n: DirichletPartitioner(num_partitions=n,
+    partition_by="label", alpha=0.3, seed=0)``. It sees the training pool as a Hugging
+    Face dataset with columns ``label`` and ``index`` (needs the optional extra:
+    ``pip install 'fedsim[flwr-datasets]'``)."""
+
+    def split(labels: np.ndarray, num_clients: int, rng: np.random.Generator, config: Config):
+        try:
+            from datasets import Dataset as HFDataset
+        except ImportError:
+            raise DataError(
+                f"partitioner {name!r} wraps a flwr_datasets partitioner: "
+                f"pip install 'fedsim[flwr-datasets]'"
+            ) from None
+        partitioner = make(num_clients)
+        partitioner.dataset = HFDataset.from_dict(  # type: ignore[attr-defined]
+            {"label": labels.tolist(), "index": list(range(len(labels)))}
+        )
+        return [
+            np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)  # type: ignore[attr-defined]
+            for i in range(num_clients)
+        ]
+
+    PARTITIONERS[name] = split

@@ -32,20 +32,63 @@ def mlp(in_features: int, hidden: int, num_classes: int) -> SplitModel:
     return SplitModel(body, nn.Linear(hidden, num_classes))
 
 
+def cnn28(channels: int, num_classes: int) -> SplitModel:
+    """CNN for 28×28 images: two 5×5 conv layers with max-pooling and a 512-unit linear
+    layer as the body, one linear layer as the head."""
+    body = nn.Sequential(
+        nn.Conv2d(channels, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 512), nn.ReLU(),
+    )
+    return SplitModel(body, nn.Linear(512, num_classes))
+
+
+def cnn32(channels: int, num_classes: int) -> SplitModel:
+    """FedRep's CIFAR CNN (LeNet-5 shape): conv 6@5×5, pool, conv 16@5×5, pool, linear 120,
+    linear 84 as the body; the last linear layer (84 → classes) is the head."""
+    body = nn.Sequential(
+        nn.Conv2d(channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+    )
+    return SplitModel(body, nn.Linear(84, num_classes))
+
+
+MODELS = ("auto", "mlp", "cnn28", "cnn32")
+
+
+def model_for(shape: tuple[int, ...]) -> str:
+    """The zoo entry that fits an input shape: CNNs for 28×28 and 32×32 images, else MLP."""
+    if len(shape) == 3 and shape[1:] == (28, 28):
+        return "cnn28"
+    if len(shape) == 3 and shape[1:] == (32, 32):
+        return "cnn32"
+    return "mlp"
+
+
 def linear_representation(dim: int, rank: int) -> SplitModel:
     """x ↦ wᵀ(Bᵀx): body = B (``body.weight`` is Bᵀ, rank × dim), head = w; no biases
     (FedRep's linear model)."""
     return SplitModel(nn.Linear(dim, rank, bias=False), nn.Linear(rank, 1, bias=False))
 
 
-def build_model(data: Dataset, hidden_dim: int, seed: int) -> SplitModel:
-    """The model for ``data``, initialised deterministically from ``seed``."""
+def build_model(data: Dataset, hidden_dim: int, seed: int, name: str = "auto") -> SplitModel:
+    """Model ``name`` (``auto``: the dataset's choice) for ``data``, initialised
+    deterministically from ``seed``."""
     in_features = 1
     for dim in data.input_shape:
         in_features *= dim
+    if name == "auto":
+        name = data.model if data.model != "auto" else model_for(data.input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if data.model == "linear":
+        if name == "linear":
             assert data.true_body is not None
             return linear_representation(in_features, data.true_body.shape[1])
+        if name in ("cnn28", "cnn32"):
+            if len(data.input_shape) != 3 or data.input_shape[1:] != (int(name[3:]),) * 2:
+                raise ValueError(f"model = {name!r} needs C×{name[3:]}×{name[3:]} images, "
+                                 f"the dataset has inputs of shape {data.input_shape}")
+            build = cnn28 if name == "cnn28" else cnn32
+            return build(data.input_shape[0], data.num_classes)
         return mlp(in_features, hidden_dim, data.num_classes)

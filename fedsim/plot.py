@@ -52,3 +52,38 @@ def run_labels(configs: list[dict[str, Any]], keys: list[str] | None = None) -> 
     if keys is None:
         keys = [k for k in configs[0] if len({str(c.get(k)) for c in configs}) > 1] or ["strategy"]
     return [", ".join(f"{k}={c.get(k)}" for k in keys) for c in configs]
+
+
+def plot_split(config, output: str) -> Path:
+    """Picture of a split before a run: clients × classes heat map of training samples
+    and the train/test size per client."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedsim.data import load_dataset, make_split
+
+    data = load_dataset(config)
+    splits = make_split(config, data)
+    classes = max(data.num_classes, 1)
+    counts = np.array([np.bincount(data.y[s.train].astype(np.int64), minlength=classes)
+                       if data.num_classes else [len(s.train)] for s in splits])
+    fig, (heat, sizes) = plt.subplots(
+        1, 2, figsize=(11, max(3.5, min(0.18 * len(splits), 14))), width_ratios=[3, 1], sharey=True
+    )
+    image = heat.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
+    heat.set(xlabel="class", ylabel="client", title=f"{config.dataset}: training samples per class "
+             f"({config.partitioner})")
+    fig.colorbar(image, ax=heat, fraction=0.04)
+    rows = np.arange(len(splits))
+    sizes.barh(rows, [len(s.train) for s in splits], label="train")
+    sizes.barh(rows, [len(s.test) for s in splits], left=[len(s.train) for s in splits], label="test")
+    sizes.set(xlabel="samples", title="client sizes")
+    sizes.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

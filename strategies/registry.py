@@ -26,9 +26,12 @@ LocalUpdate = Callable[[nn.Module, torch.Tensor, torch.Tensor, Config, torch.Gen
 Personalize = Callable[[nn.Module, torch.Tensor, torch.Tensor, Config, torch.Generator], nn.Module]
 
 
+def _base(data: Dataset, config: Config) -> nn.Module:
+    return build_model(data, config.hidden_dim, config.seed, config.model)
+
+
 def _ditto_pair(data: Dataset, config: Config) -> nn.Module:
-    base = build_model(data, config.hidden_dim, config.seed)
-    return routines.DittoModel(base, build_model(data, config.hidden_dim, config.seed))
+    return routines.DittoModel(_base(data, config), _base(data, config))
 
 
 @dataclass(frozen=True)
@@ -58,5 +61,5 @@ ALGORITHMS: dict[str, Algorithm] = {
 def client_model(config: Config, data: Dataset) -> nn.Module:
     """The model a client of ``config.strategy`` trains, initialised from ``seed``."""
     build = ALGORITHMS[config.strategy].model
-    return build(data, config) if build else build_model(data, config.hidden_dim, config.seed)
+    return (build or _base)(data, config)
 

@@ -1,0 +1,204 @@
+"""fedsim vs a plain PyTorch loop doing exactly the same work; prints a markdown table.
+
+The reference is one process, no framework: the same data, split, model, sampling,
+local routine, generator seeds, averaging and evaluation as a fedsim run, in a for loop.
+fedsim runs the same config through Flower + Ray. Runs alternate (reference, fedsim, ...)
+and each figure is the median over ``--repeats``; ratios are fedsim / reference measured
+in this invocation. Memory is the peak resident set of the process tree (driver, Ray
+daemons and actors; read from /proc, so Linux only).
+
+    python experiments/bench.py                 # 100-client digits workload, 3 repeats
+    python experiments/bench.py --scaling       # also 10 -> 10000 clients (linear-regression data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clients.app import _client_seed
+from clients.routines import evaluate
+from fedsim import load_config, run
+from fedsim.config import Config
+from fedsim.data import load_dataset, make_split
+from fedsim.history import read_run
+from strategies.aggregate import sample_clients, weighted_average
+from strategies.registry import ALGORITHMS, client_model
+
+
+def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
+    """The plain loop: (wall seconds, per-round seconds, per-round accuracy or loss)."""
+    start = time.perf_counter()
+    data = load_dataset(config)
+    splits = make_split(config, data)
+    tensors = [
+        tuple(torch.from_numpy(a[idx]) for idx in (s.train, s.test) for a in (data.x, data.y))
+        for s in splits
+    ]
+    algorithm = ALGORITHMS[config.strategy]
+    shares = algorithm.strategy(config).shares
+    model = client_model(config, data)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    shared = {k: v.clone() for k, v in initial.items() if shares(k)}
+    personal: dict[int, dict[str, torch.Tensor]] = {}
+    round_seconds, scores = [], []
+    for server_round in range(1, config.num_rounds + 1):
+        t0 = time.perf_counter()
+        sampled = sample_clients(config.num_clients, config.fraction_train,
+                                 np.random.default_rng([config.seed, server_round, 0]))
+        weights, updates = [], []
+        for c in sampled:
+            x, y, _, _ = tensors[c]
+            model.load_state_dict({**initial, **personal.get(c, {}), **shared})
+            generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, c))
+            algorithm.local_update(model, x, y, config, generator)
+            state = model.state_dict()
+            updates.append({k: state[k].numpy().copy() for k in shared})
+            weights.append(len(y))
+            personal[c] = {k: v.clone() for k, v in state.items() if k not in shared}
+        shared = {k: torch.from_numpy(v) for k, v in weighted_average(weights, updates).items()}
+        if server_round % config.eval_every and server_round != config.num_rounds:
+            round_seconds.append(time.perf_counter() - t0)
+            continue
+        evaluated = sample_clients(config.num_clients, config.fraction_evaluate,
+                                   np.random.default_rng([config.seed, server_round, 1]))
+        total, score = 0, 0.0
+        for c in evaluated:
+            _, _, x, y = tensors[c]
+            model.load_state_dict({**initial, **personal.get(c, {}), **shared})
+            accuracy, loss = evaluate(model, x, y)
+            score += len(y) * (loss if np.isnan(accuracy) else accuracy)
+            total += len(y)
+        scores.append(score / total)
+        round_seconds.append(time.perf_counter() - t0)
+    return time.perf_counter() - start, round_seconds, scores
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss(os.getpid()))
+            self._stop.wait(0.2)
+
+
+def _tree_rss(root: int) -> int:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry)
+        children.setdefault(int(fields["PPid"]), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def measure(config: Config, repeats: int) -> dict[str, float]:
+    """Alternate reference and fedsim runs; medians of each figure. The reference runs
+    single-threaded: for these small models that beats torch's default thread count
+    (and an oversubscribed machine makes multi-threaded tiny ops collapse)."""
+    torch.set_num_threads(1)
+    ref_wall, ref_round, ref_mem, sim_wall, sim_round, sim_mem, same = [], [], [], [], [], [], []
+    for _ in range(repeats):
+        with PeakMemory() as mem:
+            wall, rounds, scores = reference_loop(config)
+        ref_wall.append(wall)
+        ref_round.append(statistics.median(rounds[2:] or rounds))
+        ref_mem.append(mem.peak)
+        with tempfile.TemporaryDirectory() as tmp, PeakMemory() as mem:
+            start = time.perf_counter()
+            run(config, Path(tmp) / "run", progress=False)
+            sim_wall.append(time.perf_counter() - start)
+            rows = read_run(Path(tmp) / "run")[1]
+        sim_mem.append(mem.peak)
+        sim_round.append(statistics.median([r["round_seconds"] for r in rows][2:] or [0.0]))
+        sim_scores = [r["accuracy"] if r["accuracy"] is not None else r["loss"]
+                      for r in rows if "loss" in r]
+        same.append(np.allclose(sim_scores, scores, rtol=0, atol=1e-9))
+    updates = max(1, round(config.fraction_train * config.num_clients))
+    m = statistics.median
+    return {
+        "ref_wall": m(ref_wall), "sim_wall": m(sim_wall), "ref_round": m(ref_round),
+        "sim_round": m(sim_round), "ref_mem": m(ref_mem), "sim_mem": m(sim_mem),
+        "overhead_ms": 1000 * (m(sim_round) - m(ref_round)) / updates, "same": all(same),
+    }
+
+
+def table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    lines = [
+        "| workload | plain loop wall | fedsim wall | wall ratio | plain round | fedsim round | "
+        "round ratio | overhead per client update | peak memory ratio | same metrics |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['ref_wall']:.1f} s | {r['sim_wall']:.1f} s | "
+            f"{r['sim_wall'] / r['ref_wall']:.2f}x | {1000 * r['ref_round']:.0f} ms | "
+            f"{1000 * r['sim_round']:.0f} ms | {r['sim_round'] / r['ref_round']:.2f}x | "
+            f"{r['overhead_ms']:+.1f} ms | {r['sim_mem'] / r['ref_mem']:.1f}x "
+            f"({r['sim_mem'] / 2**30:.2f} GiB) | {'yes' if r['same'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--scaling", action="store_true")
+    args = parser.parse_args()
+    workloads = [
+        ("FedRep digits, 100 clients, all per round", [
+            "num-clients=100", "fraction-train=1.0", f"num-rounds={args.rounds}"]),
+        ("FedRep digits, 100 clients, 10% per round", [
+            "num-clients=100", "fraction-train=0.1", f"num-rounds={args.rounds}"]),
+    ]
+    if args.scaling:
+        for n in (10, 100, 1000, 10000):
+            workloads.append((f"FedRep linear-regression, {n} clients, 10% per round", [
+                "dataset=linear-regression", f"num-clients={n}", "fraction-train=0.1",
+                f"num-rounds={args.rounds}", "eval-every=10"]))
+    results = []
+    for name, overrides in workloads:
+        print(f"bench: {name}", flush=True)
+        results.append((name, measure(load_config(None, overrides), args.repeats)))
+        print(table(results[-1:]), flush=True)
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
