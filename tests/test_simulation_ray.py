@@ -163,3 +163,29 @@ def test_unreachable_ray_address_fails_fast(tmp_path, address, message):
                     timeout=60)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not __import__("os").path.isdir(FASHION),
+                    reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+def test_real_experiment_on_fashion_mnist(tmp_path):
+    result = fedsim("run", "--set", "dataset=fashion-mnist", "--set", "num-clients=100",
+                    "--set", "fraction-train=0.05", "--set", "fraction-evaluate=0.2",
+                    "--set", "num-rounds=3", "--set", "head-epochs=2", "--quiet",
+                    "--out", str(tmp_path / "fmnist"), timeout=400)
+    assert result.returncode == 0, result.stderr
+    import numpy as np
+
+    from strategies.aggregate import sample_clients
+
+    rows_ = rows(tmp_path / "fmnist")
+    assert len(rows_) == 3 and len(rows_[-1]["clients"]) == 20
+    trained = {c for r in (1, 2, 3) for c in sample_clients(100, 0.05, np.random.default_rng([0, r, 0]))}
+    seen = [a for c, a in rows_[-1]["clients"].items() if int(c) in trained]
+    unseen = [a for c, a in rows_[-1]["clients"].items() if int(c) not in trained]
+    assert seen and unseen
+    # 2 classes per client: a trained head is far above chance, an untrained one is not
+    assert np.mean(seen) > 0.7 > np.mean(unseen)
