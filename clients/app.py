@@ -19,8 +19,11 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients.routines import evaluate as evaluate_model
+from clients.routines import kd3a_epochs, train_on_consensus
 from fedsim.config import Config, config_from_dict
 from fedsim.data import load_dataset, make_split
+from strategies.base import split_client_arrays
+from strategies.consensus import consensus_focus, knowledge_vote
 from strategies.registry import ALGORITHMS, client_model
 
 PERSONAL = "personal"
@@ -116,6 +119,43 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.train("distill")
+@_explained
+def distill(msg: Message, context: Context) -> Message:
+    """KD3A's target step: knowledge vote over the source models on the target's
+    unlabeled data, training on the consensus, consensus focus of every source."""
+    config, (target,), shared = _unpack(msg)
+    actor = _actor(config.to_json())
+    server_round = int(msg.content["config"]["server-round"])
+    source_ids = [int(c) for c in msg.content["config"]["source-ids"]]
+    sources = split_client_arrays(msg.content["sources"])
+    x, _, _, _ = actor.tensors(target)  # the target's labels are never read
+    probs = []
+    for source in source_ids:
+        state = {k: torch.from_numpy(v) for k, v in sources[source].items()}
+        model = actor.load(target, state, context)
+        model.eval()
+        with torch.no_grad():
+            probs.append(torch.softmax(model(x), dim=-1).double())
+    stacked = torch.stack(probs)
+    progress = (server_round - 1) / max(1, config.num_rounds - 1)
+    gate = config.kd3a_gate_start + (config.kd3a_gate_end - config.kd3a_gate_start) * progress
+    knowledge, weight = knowledge_vote(stacked, gate)
+    generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, stream=3))
+    focus = consensus_focus(stacked, gate, config.kd3a_exact_up_to, config.kd3a_permutations, generator)
+    model = actor.load(target, shared, context)
+    loss = train_on_consensus(model, x, knowledge.float(), weight.float(), kd3a_epochs(config), config,
+                              generator)
+    state = model.state_dict()
+    out = {f"{target}/{name}": state[name].detach().cpu().clone() for name in shared}
+    _store_personal(context, target, {k: v for k, v in state.items() if k not in shared})
+    metrics = MetricRecord({
+        "num-examples": len(x), "source-ids": source_ids, "focus": focus.tolist(),
+        "confident-fraction": float((weight > 0).double().mean()), "train-loss": loss,
+    })
+    return Message(RecordDict({"arrays": ArrayRecord(out), "metrics": metrics}), reply_to=msg)
+
+
 @app.evaluate()
 @_explained
 def evaluate(msg: Message, context: Context) -> Message:
@@ -173,6 +213,7 @@ class _Actor:
         torch.set_num_threads(threads)
         use_gpu = config.client_num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.config = config
         self.data = load_dataset(config)
         self.splits = make_split(config, self.data)
         self.model = client_model(config, self.data).to(self.device)
@@ -183,11 +224,13 @@ class _Actor:
         """(x_train, y_train, x_test, y_test) of ``client`` on the actor's device."""
         if client not in self._tensors:
             split = self.splits[client]
-            self._tensors[client] = tuple(
-                torch.from_numpy(arr[idx]).to(self.device)
-                for idx in (split.train, split.test)
-                for arr in (self.data.x, self.data.y)
-            )
+            x, y = self.data.x[split.train], self.data.y[split.train]
+            if client in self.config.targets():
+                y = np.full_like(y, -1)  # unlabeled: any use of these labels fails loudly
+            elif client in self.config.malicious_client_ids():
+                x, y = corrupt(x, y, self.data.num_classes, self.config, client)
+            arrays = (x, y, self.data.x[split.test], self.data.y[split.test])
+            self._tensors[client] = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
         return self._tensors[client]
 
     def load(self, client: int, shared: dict[str, torch.Tensor], context: Context) -> nn.Module:
@@ -203,6 +246,16 @@ class _Actor:
         state.update(shared)
         self.model.load_state_dict(state, strict=True)
         return self.model
+
+
+def corrupt(x: np.ndarray, y: np.ndarray, num_classes: int, config: Config, client: int):
+    """A malicious source's training data: labels shifted by one class (the reference's
+    attack) or, with ``malicious-mode = "noise"``, images replaced by uniform noise (an
+    irrelevant domain)."""
+    if config.malicious_mode == "shift":
+        return x, (y + 1) % num_classes
+    rng = np.random.default_rng([config.seed, client, 4])
+    return rng.random(x.shape, dtype=np.float32), y
 
 
 @functools.lru_cache(maxsize=2)

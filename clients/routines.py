@@ -7,8 +7,10 @@ update depends only on (seed, round, client) and never on which actor runs it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,15 +43,28 @@ def solve_head(model: SplitModel, x: torch.Tensor, y: torch.Tensor) -> None:
 
 def run_epochs(
     model: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
-    epochs: int, sgd: Config, generator: torch.Generator,
+    epochs: float, sgd: Config, generator: torch.Generator,
     penalty: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """SGD (``lr``, ``momentum``, ``weight-decay``, ``batch-size`` of ``sgd``) on ``params``
-    only, the rest of the model fixed, for ``epochs`` passes over shuffled mini-batches.
-    ``penalty()``, if given, is added to every batch loss. Returns the mean loss of the
-    last epoch (nan if there was none)."""
+    only, the rest of the model fixed, for ``epochs`` passes over shuffled mini-batches (a
+    fraction runs that share of one epoch's batches). ``penalty()``, if given, is added
+    to every batch loss. Returns the mean loss of the last pass (nan if there was none)."""
+    return _sgd(model, params, x, epochs, sgd, generator,
+                lambda batch: task_loss(model(x[batch]), y[batch]), penalty)
+
+
+def _sgd(
+    model: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, epochs: float, sgd: Config,
+    generator: torch.Generator, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    penalty: Callable[[], torch.Tensor] | None = None,
+) -> float:
+    """The SGD loop of :func:`run_epochs`, with the loss of a batch of indices given."""
     params = list(params)
-    if epochs == 0 or not params:
+    n = len(x)
+    per_epoch = math.ceil(n / sgd.batch_size)
+    steps = math.ceil(epochs * per_epoch)
+    if steps == 0 or not params or n == 0:
         return float("nan")
     trainable = {id(p) for p in params}
     saved = [(p, p.requires_grad) for p in model.parameters()]
@@ -57,25 +72,49 @@ def run_epochs(
         p.requires_grad_(id(p) in trainable)
     opt = torch.optim.SGD(params, lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
     model.train()
-    n = len(y)
-    loss_sum = 0.0
+    loss_sum, seen = 0.0, 0
     try:
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator).to(x.device)
-            loss_sum = 0.0
-            for start in range(0, n, sgd.batch_size):
-                batch = order[start : start + sgd.batch_size]
-                loss = task_loss(model(x[batch]), y[batch])
-                if penalty is not None:
-                    loss = loss + penalty()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item() * len(batch)
+        for step in range(steps):
+            if step % per_epoch == 0:
+                order = torch.randperm(n, generator=generator).to(x.device)
+                loss_sum, seen = 0.0, 0
+            batch = order[(step % per_epoch) * sgd.batch_size:][: sgd.batch_size]
+            loss = batch_loss(batch)
+            if penalty is not None:
+                loss = loss + penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(batch)
+            seen += len(batch)
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
-    return loss_sum / n
+    return loss_sum / seen
+
+
+def train_on_consensus(
+    model: nn.Module, x: torch.Tensor, knowledge: torch.Tensor, weight: torch.Tensor,
+    epochs: float, config: Config, generator: torch.Generator,
+) -> float:
+    """KD3A's target update: soft cross-entropy on the consensus knowledge of the samples
+    some source was confident about, weighted by their support, with mixup
+    (Beta(``kd3a-mixup``)) between shuffled pairs as in the reference code."""
+    keep = weight > 0
+    x, knowledge, weight = x[keep], knowledge[keep], weight[keep]
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    rng = np.random.default_rng(seed)
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        lam = float(rng.beta(config.kd3a_mixup, config.kd3a_mixup)) if config.kd3a_mixup > 0 else 1.0
+        partner = batch[torch.randperm(len(batch), generator=generator).to(batch.device)]
+        mixed = lam * x[batch] + (1 - lam) * x[partner]
+        target = lam * knowledge[batch] + (1 - lam) * knowledge[partner]
+        w = lam * weight[batch] + (1 - lam) * weight[partner]
+        log_p = torch.log_softmax(model(mixed), dim=-1)
+        return (-(target * log_p).sum(dim=-1) * w).sum() / w.sum()
+
+    return _sgd(model, model.parameters(), x, epochs, config, generator, batch_loss)
 
 
 def train_fedrep(
@@ -102,6 +141,19 @@ def train_whole(
 ) -> float:
     """All parameters jointly for ``local-epochs`` (FedAvg's local update)."""
     return run_epochs(model, model.parameters(), x, y, config.local_epochs, config, generator)
+
+
+def kd3a_epochs(config: Config) -> float:
+    """Local epochs per round for KD3A's communication rounds r: 1/r (r < 1: several epochs
+    between aggregations; r ≥ 1: a 1/r share of an epoch)."""
+    return 1.0 / config.kd3a_rounds_per_epoch
+
+
+def train_source(
+    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config, generator: torch.Generator,
+) -> float:
+    """A KD3A source: its whole model on its labels for 1/``kd3a-rounds-per-epoch`` epochs."""
+    return run_epochs(model, model.parameters(), x, y, kd3a_epochs(config), config, generator)
 
 
 def train_body(

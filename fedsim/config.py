@@ -65,6 +65,18 @@ class Config:
     hidden_dim: int = 128
     head_solver: str = "sgd"  # "lstsq": FedRep heads solved exactly (linear head, regression)
     body_qr: bool = False  # FedRep: re-orthonormalise the averaged linear body (QR)
+    # KD3A and multi-domain runs
+    target_domain: str = ""  # domain held, unlabeled, by the last client (partitioner "domain")
+    kd3a_gate_start: float = 0.9  # knowledge-vote confidence gate, rising linearly over rounds
+    kd3a_gate_end: float = 0.95
+    kd3a_rounds_per_epoch: float = 1.0  # r: aggregate every 1/r local epochs (r < 1) or r times per epoch
+    kd3a_exact_up_to: int = 6  # exact Shapley consensus focus up to this many sources, sampled beyond
+    kd3a_permutations: int = 64  # Monte-Carlo permutations of the sampled consensus focus
+    kd3a_ema: float = 0.8  # weight of the previous consensus focus in its moving average
+    kd3a_mixup: float = 0.2  # Beta(α, α) mixup of target samples (0 = off)
+    kd3a_bn: bool = True  # aggregate BatchNorm running statistics with the weights
+    malicious_sources: str = ""  # comma-separated source clients to corrupt
+    malicious_mode: str = "shift"  # shift: labels + 1 mod C; noise: images replaced by noise
     # reliability
     checkpoint_every: int = 0  # rounds between checkpoints in the run directory; 0 = off
     client_dropout: float = 0.0  # probability that a sampled client does not answer
@@ -81,6 +93,18 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The config as a kebab-case dict (what ``config.json`` holds)."""
         return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def malicious_client_ids(self) -> list[int]:
+        """``malicious-sources`` as client ids."""
+        try:
+            return [int(p) for p in self.malicious_sources.split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"malicious-sources = {self.malicious_sources!r}: expected "
+                              f"comma-separated client ids, e.g. '0,3'") from None
+
+    def targets(self) -> list[int]:
+        """Clients holding an unlabeled target domain (never trained on labels)."""
+        return [self.num_clients - 1] if self.target_domain else []
 
     def to_json(self) -> str:
         """Canonical JSON of :meth:`to_dict` (sorted keys)."""
@@ -105,6 +129,24 @@ class Config:
         _choice("partitioner", self.partitioner, PARTITIONERS)
         _choice("head_solver", self.head_solver, {"sgd": None, "lstsq": None})
         _choice("model", self.model, dict.fromkeys(MODELS))
+        _choice("malicious_mode", self.malicious_mode, {"shift": None, "noise": None})
+        for name in ("kd3a_gate_start", "kd3a_gate_end", "kd3a_ema"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key_of(name)} = {value}: must be in [0, 1)")
+        _positive("kd3a_rounds_per_epoch", self.kd3a_rounds_per_epoch)
+        if self.kd3a_mixup < 0:
+            raise ConfigError(f"kd3a-mixup = {self.kd3a_mixup}: must be >= 0")
+        _at_least("kd3a_permutations", self.kd3a_permutations, 1)
+        if self.strategy == "kd3a" and not self.target_domain:
+            raise ConfigError("strategy = 'kd3a' needs target-domain = NAME (and partitioner = 'domain')")
+        if self.target_domain and self.partitioner != "domain":
+            raise ConfigError(f"target-domain = {self.target_domain!r} needs partitioner = 'domain', "
+                              f"not {self.partitioner!r}")
+        malicious = self.malicious_client_ids()
+        if any(not 0 <= c < self.num_clients - (1 if self.target_domain else 0) for c in malicious):
+            raise ConfigError(f"malicious-sources = {self.malicious_sources!r}: ids must be source "
+                              f"clients 0..{self.num_clients - (2 if self.target_domain else 1)}")
         if self.partitioner == "file" and not self.split_file:
             raise ConfigError("partitioner = 'file' needs split-file = 'PATH.json'")
         if self.split_file and not Path(self.split_file).is_file():

@@ -289,17 +289,33 @@ def _pools(data: Dataset, test_fraction: float, rng: np.random.Generator):
 
 def _split_by_domain(data: Dataset, config: Config, rng: np.random.Generator) -> list[ClientSplit]:
     """Client i holds domain i mod D (D = number of domains): the domain's training pool
-    cut iid among its clients, test data drawn from the same domain and classes."""
+    cut iid among its clients, test data drawn from the same domain and classes. With
+    ``target-domain`` the last client holds that domain alone (its training part is the
+    unlabeled target data) and the other clients share the remaining source domains."""
     if data.domains is None:
         raise DataError(f"partitioner = 'domain' needs a multi-domain dataset; {data.name!r} has one domain")
-    count = len(data.domain_names)
-    if config.num_clients < count:
+    names = list(data.domain_names)
+    sources = list(range(len(names)))
+    holders = {d: [] for d in sources}
+    clients = list(range(config.num_clients))
+    if config.target_domain:
+        if config.target_domain not in names:
+            raise DataError(f"target-domain = {config.target_domain!r} is not a domain of "
+                            f"{data.name!r} (domains: {', '.join(names)})")
+        target = names.index(config.target_domain)
+        sources.remove(target)
+        holders[target] = [clients.pop()]
+    if len(clients) < len(sources):
+        needed = len(sources) + (1 if config.target_domain else 0)
         raise DataError(f"partitioner = 'domain': num-clients = {config.num_clients} is fewer than "
-                        f"the {count} domains of {data.name!r}")
+                        f"the {needed} clients the {len(names)} domains of {data.name!r} need")
+    for i, client in enumerate(clients):
+        holders[sources[i % len(sources)]].append(client)
     train_pool, test_pool = _pools(data, config.test_fraction, rng)
     splits: list[ClientSplit | None] = [None] * config.num_clients
-    for d in range(count):
-        owners = list(range(d, config.num_clients, count))
+    for d, owners in holders.items():
+        if not owners:
+            continue
         train_d = train_pool[data.domains[train_pool] == d]
         test_d = test_pool[data.domains[test_pool] == d]
         parts = [train_d[p] for p in iid(data.y[train_d], len(owners), rng, config)]

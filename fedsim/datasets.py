@@ -109,7 +109,8 @@ def _domains(name: str, parts: list[tuple[tuple, tuple]]) -> Dataset:
             doms.append(np.full(len(y), d))
             mask.append(np.full(len(y), is_test))
     return Dataset(name, np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64), 10,
-                   domains=np.concatenate(doms), domain_names=DIGIT5, test_mask=np.concatenate(mask))
+                   model="cnn32bn", domains=np.concatenate(doms), domain_names=DIGIT5,
+                   test_mask=np.concatenate(mask))
 
 
 def digit5(config: Config) -> Dataset:

@@ -59,7 +59,9 @@ def run_rounds(
                 f"round {server_round}: {len(failed)} client(s) failed "
                 f"(max-failures = {config.max_failures})\n  {details}"
             )
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        distill = strategy.configure_distill(server_round, arrays, replies, ConfigRecord(run_config))
+        extra = _exchange(grid, distill, config.round_timeout)[0] if distill else []
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies + extra)
         arrays = new_arrays if new_arrays is not None else arrays
         row: dict[str, Any] = {
             "round": server_round,
@@ -68,6 +70,7 @@ def run_rounds(
             "failures": len(failed),
             "dropped": len(dropped),
         }
+        row.update(strategy.round_metrics())
         if data.true_body is not None and "body.weight" in arrays:
             estimate = arrays["body.weight"].numpy().T  # B̂: dim × rank
             row["distance"] = principal_angle_distance(estimate, data.true_body)
@@ -78,6 +81,8 @@ def run_rounds(
             )
             assert metrics is not None
             row["accuracy"] = _number(metrics["accuracy"])
+            if "source-accuracy" in metrics:  # with a target domain, accuracy is the target's
+                row["source_accuracy"] = _number(metrics["source-accuracy"])
             row["loss"] = _number(metrics["loss"])
             ids = [str(c) for c in metrics["client-ids"]]
             row["clients"] = dict(zip(ids, map(_number, metrics["client-accuracy"])))

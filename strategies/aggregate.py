@@ -23,7 +23,7 @@ def weighted_average(
         acc = np.zeros(updates[0][key].shape, dtype=np.float64)
         for w, update in zip(weights, updates):
             acc += float(w) * update[key].astype(np.float64)
-        out[key] = (acc / total).astype(updates[0][key].dtype)
+        out[key] = np.asarray(acc / total).astype(updates[0][key].dtype)  # 0-d stays an array
     return out
 
 

@@ -74,9 +74,25 @@ class CohortFedAvg(FedAvg):
         return ArrayRecord({k: v for k, v in state.items() if self.shares(k)})
 
     def sample(self, server_round: int, fraction: float, stream: int) -> list[int]:
-        """Clients for a round, from our own RNG seeded by (seed, round, stream)."""
+        """Clients for a round, from our own RNG seeded by (seed, round, stream). Training
+        (stream 0) never samples a target client: its labels are not for training."""
         rng = np.random.default_rng([self.config.seed, server_round, stream])
+        targets = self.config.targets()
+        if stream == 0 and targets:
+            sources = [c for c in range(self.config.num_clients) if c not in targets]
+            return [sources[i] for i in sample_clients(len(sources), fraction, rng)]
         return sample_clients(self.config.num_clients, fraction, rng)
+
+    def configure_distill(
+        self, server_round: int, arrays: ArrayRecord, replies: list[Message], config: ConfigRecord
+    ) -> list[Message]:
+        """Messages of a second phase after local training (KD3A's target distillation);
+        their replies reach :meth:`aggregate_train` after the training replies."""
+        return []
+
+    def round_metrics(self) -> dict:
+        """Extra per-round values for metrics.jsonl (e.g. KD3A's domain weights)."""
+        return {}
 
     def cohort_messages(
         self, clients: list[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str
@@ -153,10 +169,18 @@ class CohortFedAvg(FedAvg):
         if not rows:
             return None
         rows.sort()
-        total = sum(n for _, n, _, _ in rows)
+        targets = set(self.config.targets())
+        scored = [r for r in rows if r[0] in targets] or rows  # with a target: its accuracy
+        sources = [r for r in rows if r[0] not in targets]
+        extra = {}
+        if targets and sources:
+            n_src = sum(n for _, n, _, _ in sources)
+            extra["source-accuracy"] = sum(n * a for _, n, a, _ in sources) / n_src
+        total = sum(n for _, n, _, _ in scored)
         return MetricRecord({
-            "accuracy": sum(n * a for _, n, a, _ in rows) / total,
-            "loss": sum(n * loss for _, n, _, loss in rows) / total,
+            **extra,
+            "accuracy": sum(n * a for _, n, a, _ in scored) / total,
+            "loss": sum(n * loss for _, n, _, loss in scored) / total,
             "client-ids": [c for c, _, _, _ in rows],
             "client-accuracy": [a for _, _, a, _ in rows],
             "client-loss": [loss for _, _, _, loss in rows],

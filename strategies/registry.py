@@ -19,6 +19,7 @@ from strategies.fedavg_ft import FedAvgFT
 from strategies.fedbabu import FedBABU
 from strategies.fedper import FedPer
 from strategies.fedrep import FedRep
+from strategies.kd3a import KD3A
 from strategies.lg_fedavg import LGFedAvg
 from strategies.local import LocalOnly
 
@@ -55,6 +56,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "lg-fedavg": Algorithm(LGFedAvg, routines.train_whole),
     "fedbabu": Algorithm(FedBABU, routines.train_body, routines.finetune_head),
     "ditto": Algorithm(Ditto, routines.train_ditto, routines.ditto_personal, _ditto_pair),
+    "kd3a": Algorithm(KD3A, routines.train_source),
 }
 
 

@@ -33,3 +33,10 @@ def test_sample_clients_is_seeded_sorted_and_sized():
     assert first != other
     assert sample_clients(20, 0.01, np.random.default_rng(0)) != []  # at least one client
     assert sample_clients(20, 1.0, np.random.default_rng(0)) == list(range(20))
+
+
+def test_weighted_average_keeps_zero_dim_integer_buffers_as_arrays():
+    a = {"num_batches_tracked": np.array(4, dtype=np.int64)}
+    b = {"num_batches_tracked": np.array(7, dtype=np.int64)}
+    out = weighted_average([1, 2], [a, b])["num_batches_tracked"]
+    assert isinstance(out, np.ndarray) and out.shape == () and out.dtype == np.int64 and int(out) == 6

@@ -38,7 +38,7 @@ def personal_state(grid):
             for k, r in (ctx.state["personal"].items() if "personal" in ctx.state else [])}
 
 
-@pytest.mark.parametrize("strategy", sorted(ALGORITHMS))
+@pytest.mark.parametrize("strategy", sorted(set(ALGORITHMS) - {"kd3a"}))  # kd3a: test_kd3a.py
 def test_every_algorithm_runs_and_evaluates(tmp_path, strategy):
     _, rows = run(tmp_path, strategy)
     assert [r["round"] for r in rows] == [1, 2]

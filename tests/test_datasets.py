@@ -65,9 +65,11 @@ def test_digit5_synth_domain_split_and_cnn32():
     for client, s in enumerate(splits):
         assert set(data.domains[s.train]) == {client % 5} == set(data.domains[s.test])
     model = build_model(data, 16, 0)
-    assert [type(m).__name__ for m in model.body][:2] == ["Conv2d", "ReLU"]
-    assert model.head.in_features == 84  # FedRep's CIFAR CNN: head = last linear layer
-    with pytest.raises(DataError, match="fewer than the 5 domains"):
+    assert [type(m).__name__ for m in model.body][:2] == ["Conv2d", "BatchNorm2d"]  # cnn32bn
+    cifar_cnn = build_model(data, 16, 0, "cnn32")
+    assert [type(m).__name__ for m in cifar_cnn.body][:2] == ["Conv2d", "ReLU"]
+    assert cifar_cnn.head.in_features == 84  # FedRep's CIFAR CNN: head = last linear layer
+    with pytest.raises(DataError, match="fewer than the 5 clients"):
         make_split(load_config(None, ["dataset=digit5-synth", "partitioner=domain", "num-clients=3",
                                       "synth-per-class=4"]), data)
     with pytest.raises(DataError, match="needs a multi-domain dataset"):
