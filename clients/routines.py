@@ -62,9 +62,10 @@ def _sgd(
     """The SGD loop of :func:`run_epochs`, with the loss of a batch of indices given."""
     params = list(params)
     n = len(x)
-    per_epoch = math.ceil(n / sgd.batch_size)
+    # a last batch of one sample joins the one before (BatchNorm cannot train on one sample)
+    per_epoch = max(1, n // sgd.batch_size if n % sgd.batch_size == 1 else math.ceil(n / sgd.batch_size))
     steps = math.ceil(epochs * per_epoch)
-    if steps == 0 or not params or n == 0:
+    if steps == 0 or not params or n < 2:
         return float("nan")
     trainable = {id(p) for p in params}
     saved = [(p, p.requires_grad) for p in model.parameters()]
@@ -78,7 +79,9 @@ def _sgd(
             if step % per_epoch == 0:
                 order = torch.randperm(n, generator=generator).to(x.device)
                 loss_sum, seen = 0.0, 0
-            batch = order[(step % per_epoch) * sgd.batch_size:][: sgd.batch_size]
+            start = (step % per_epoch) * sgd.batch_size
+            end = n if step % per_epoch == per_epoch - 1 else start + sgd.batch_size
+            batch = order[start:end]
             loss = batch_loss(batch)
             if penalty is not None:
                 loss = loss + penalty()

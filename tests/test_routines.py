@@ -66,3 +66,13 @@ def test_evaluate_exact_accuracy():
     assert accuracy == 0.75
     expected = torch.nn.functional.cross_entropy(x, y).item()
     assert loss == expected
+
+
+def test_a_lone_last_sample_joins_the_previous_batch():
+    config = Config(batch_size=4)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    x, y = torch.randn(9, 3), torch.tensor([0, 1] * 4 + [0])
+    sizes = []
+    model.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    run_epochs(model, model.parameters(), x, y, 1, config, torch.Generator().manual_seed(0))
+    assert sizes == [4, 5]  # not [4, 4, 1], which BatchNorm cannot train on
