@@ -238,11 +238,11 @@ class _Actor:
         (its initial values the first time the client is seen)."""
         state = dict(self.initial)
         record = context.state.get(PERSONAL)
-        if record is not None:
-            prefix = f"{client}/"
-            for key in record.keys():
-                if key.startswith(prefix):
-                    state[key[len(prefix):]] = torch.from_numpy(record[key].numpy())
+        if record is not None:  # direct look-ups: cost independent of the node's client count
+            for name in state.keys() - shared.keys():
+                array = record.get(f"{client}/{name}")
+                if array is not None:
+                    state[name] = torch.from_numpy(array.numpy())
         state.update(shared)
         self.model.load_state_dict(state, strict=True)
         return self.model
