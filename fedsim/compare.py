@@ -9,6 +9,7 @@ import numpy as np
 
 from fedsim.config import load_config
 from fedsim.history import read_run
+from fedsim.plot import save_figure
 
 
 def compare(
@@ -93,6 +94,4 @@ def plot_comparison(runs: Path, strategies: list[str], seeds: list[int], output:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    save_figure(fig, output)

@@ -38,10 +38,17 @@ def plot_runs(run_dirs: list[str], output: str, label_keys: list[str] | None = N
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, output)
+
+
+def save_figure(fig, output: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write ``output`` (creating its folder) and close ``fig``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -81,9 +88,4 @@ def plot_split(config, output: str) -> Path:
     sizes.barh(rows, [len(s.test) for s in splits], left=[len(s.train) for s in splits], label="test")
     sizes.set(xlabel="samples", title="client sizes")
     sizes.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, output, dpi=110)
