@@ -49,6 +49,8 @@ class KD3A(CohortFedAvg):
     ) -> list[Message]:
         sources = ArrayRecord({k: v for r in replies for k, v in r.content["arrays"].items()})
         source_ids = sorted({int(k.partition("/")[0]) for k in sources.keys()})
+        if not source_ids:  # every source dropped out or failed: nothing to distill
+            return []
         messages = []
         for target in self.config.targets():
             node_config = ConfigRecord({**config, "server-round": server_round, "clients": [target],
@@ -62,6 +64,7 @@ class KD3A(CohortFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self._last = {}
         distilled = [r for r in replies if "focus" in r.content["metrics"]]
         trained = [r for r in replies if r not in distilled]
         sources = {}
