@@ -88,3 +88,9 @@ def test_client_exception_names_the_clients(tmp_path, monkeypatch):
     with pytest.raises(ClientFailure, match=r"3 client\(s\) failed \(max-failures = 0\)\n  client \d: "
                        r"RuntimeError: disk on fire \(at .*test_apps_inprocess.py:\d+\)"):
         run(tmp_path)
+
+
+def test_different_seeds_give_different_metrics(tmp_path):
+    _, zero = run(tmp_path)
+    _, one = run(tmp_path, seed=1)
+    assert strip_timing(zero) != strip_timing(one)
