@@ -189,7 +189,7 @@ def main() -> None:
     if args.scaling:  # digits has too few samples for 1000+ clients
         workloads = [
             (f"FedRep Fashion-MNIST (MLP), {n} clients, 10% per round", [
-                "dataset=fashion-mnist", "model=mlp", "partitioner=iid", f"num-clients={n}",
+                "dataset=fashion-mnist", "model=mlp", "partitioner=iid", f"num-clients={n}", "head-epochs=1",
                 "fraction-train=0.1", f"num-rounds={args.rounds}", f"eval-every={args.rounds}"])
             for n in (10, 100, 1000, 10000)
         ]
