@@ -9,6 +9,7 @@ ones users register.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,8 +205,11 @@ PARTITIONERS: dict[str, Partitioner | None] = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def load_dataset(config: Config) -> Dataset:
-    """The dataset named by ``config.dataset``."""
+    """The dataset named by ``config.dataset``. The last one is kept: the driver checks
+    the split before Ray starts and the ServerApp then needs the same data (treat the
+    arrays as read-only)."""
     return DATASETS[config.dataset](config)
 
 
