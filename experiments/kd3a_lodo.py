@@ -13,22 +13,15 @@ Every run goes through `fedsim.run` (Flower + Ray).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
-from fedsim import load_config, run
+from fedsim import load_config
 from fedsim.datasets import DIGIT5
-from fedsim.history import read_run
+from fedsim.simulation import run_once
 
 
 def simulate(out: Path, name: str, overrides: list[str]) -> list[dict]:
-    run_dir = out / "runs" / name
-    summary = run_dir / "summary.json"
-    if not (summary.is_file() and json.loads(summary.read_text())["status"] == "completed"):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run(load_config(None, overrides), run_dir, progress=False)
-    return read_run(run_dir)[1]
+    return run_once(load_config(None, overrides), out / "runs" / name)
 
 
 def final(rows: list[dict], key: str = "accuracy") -> float:

@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from fedsim import load_config, run
+from fedsim import load_config
 from fedsim.data import load_dataset, make_split
-from fedsim.history import read_run
+from fedsim.simulation import run_once
 
 
 def simulate(out: Path, name: str, overrides: list[str]) -> list[dict]:
-    run_dir = out / "runs" / name
-    summary = run_dir / "summary.json"
-    if not (summary.is_file() and json.loads(summary.read_text())["status"] == "completed"):
-        shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short is run again
-        config = load_config(None, ["dataset=linear-regression", *overrides])
-        run(config, run_dir, progress=False)
-    return read_run(run_dir)[1]
+    config = load_config(None, ["dataset=linear-regression", *overrides])
+    return run_once(config, out / "runs" / name)
 
 
 def local_least_squares_mse(overrides: list[str]) -> float:

@@ -18,7 +18,7 @@ def compare(
 ) -> Path:
     """Run every (strategy, seed) into ``out/runs/<strategy>-seed<seed>`` (skipping runs
     already completed there), then write ``out/table.md`` and ``out/curves.png``."""
-    from fedsim.simulation import run
+    from fedsim.simulation import run_once
 
     out = Path(out)
     configs = {
@@ -26,25 +26,12 @@ def compare(
         for s in strategies for seed in seeds
     }  # every config is validated before the first run starts
     for (strategy, seed), config in configs.items():
-        run_dir = out / "runs" / f"{strategy}-seed{seed}"
-        if (run_dir / "summary.json").is_file() and _completed(run_dir):
-            continue
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
         print(f"compare: {strategy} seed {seed}", file=sys.stderr, flush=True)
-        run(config, run_dir, progress=progress)
+        run_once(config, out / "runs" / f"{strategy}-seed{seed}", progress)
     table = comparison_table(out / "runs", strategies, seeds)
     (out / "table.md").write_text(table)
     plot_comparison(out / "runs", strategies, seeds, out / "curves.png")
     return out
-
-
-def _completed(run_dir: Path) -> bool:
-    import json
-
-    return json.loads((run_dir / "summary.json").read_text()).get("status") == "completed"
 
 
 def comparison_table(runs: Path, strategies: list[str], seeds: list[int]) -> str:

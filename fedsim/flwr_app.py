@@ -7,8 +7,6 @@ count and per-node resources come from the Flower federation. Outputs go to
 
 from __future__ import annotations
 
-import sys
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -21,15 +19,16 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
+    from fedsim.cli import _report
     from fedsim.simulation import _print_progress, default_out_dir
 
     config = config_from_dict(dict(context.run_config))
-    out = default_out_dir(config).with_name("flwr-" + default_out_dir(config).name)
+    out = default_out_dir(config)
+    out = out.with_name("flwr-" + out.name)
     writer = RunWriter(out, config.to_dict())
     try:
         run_rounds(grid, config, writer, num_nodes=config.num_nodes, progress=_print_progress)
     except BaseException as exc:
         writer.finish(error=f"{type(exc).__name__}: {exc}")
         raise
-    summary = writer.finish()
-    print(f"final_accuracy {summary['final_accuracy']:.4f} -> {out}", file=sys.stderr)
+    _report(writer.finish(), str(out))  # final accuracy, or final loss for regression

@@ -34,6 +34,22 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = True
     return _execute(config, out, progress, None)
 
 
+def run_once(config: Config, run_dir: str | Path, progress: bool = False) -> list[dict[str, Any]]:
+    """The metric rows of ``run_dir``: reused if it holds a completed run, else (after
+    removing a run cut short) run now. Experiment grids call this to be re-runnable."""
+    import json
+    import shutil
+
+    from fedsim.history import read_run
+
+    run_dir = Path(run_dir)
+    summary = run_dir / "summary.json"
+    if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run(config, run_dir, progress=progress)
+    return read_run(run_dir)[1]
+
+
 def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Continue a run from its last checkpoint (after a crash or a kill). The rows after
     the checkpoint are recomputed, so metrics.jsonl ends as an uninterrupted run's."""
