@@ -22,7 +22,7 @@ from clients.routines import evaluate as evaluate_model
 from clients.routines import kd3a_epochs, train_on_consensus
 from fedsim.config import Config, config_from_dict
 from fedsim.data import load_dataset, make_split
-from strategies.base import split_client_arrays
+from strategies.base import pack_client_arrays, split_client_arrays
 from strategies.consensus import consensus_focus, knowledge_vote
 from strategies.registry import ALGORITHMS, client_model
 
@@ -85,7 +85,7 @@ def train(msg: Message, context: Context) -> Message:
     actor = _actor(config.to_json())
     local_update = ALGORITHMS[config.strategy].local_update
     server_round = int(msg.content["config"]["server-round"])
-    out: dict[str, torch.Tensor] = {}
+    out: dict[int, dict[str, np.ndarray]] = {}
     done, examples, losses, dropped, failed, errors = [], [], [], [], [], []
     for client in clients:
         fault = np.random.default_rng([config.seed, server_round, client, 2]).random(2)
@@ -107,15 +107,14 @@ def train(msg: Message, context: Context) -> Message:
         losses.append(loss)
         examples.append(len(y))
         state = model.state_dict()
-        for name in shared:
-            out[f"{client}/{name}"] = state[name].detach().cpu().clone()  # model is reused
+        out[client] = {name: state[name].detach().cpu().numpy().copy() for name in shared}  # model is reused
         _store_personal(context, client, {k: v for k, v in state.items() if k not in shared})
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": done,
         "client-examples": examples, "train-loss": losses,
     })
     failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
-    content = RecordDict({"arrays": ArrayRecord(out), "metrics": metrics, "failures": failures})
+    content = RecordDict({"arrays": pack_client_arrays(out), "metrics": metrics, "failures": failures})
     return Message(content, reply_to=msg)
 
 
@@ -128,7 +127,7 @@ def distill(msg: Message, context: Context) -> Message:
     actor = _actor(config.to_json())
     server_round = int(msg.content["config"]["server-round"])
     source_ids = [int(c) for c in msg.content["config"]["source-ids"]]
-    sources = split_client_arrays(msg.content["sources"])
+    sources = split_client_arrays(msg.content["sources"], source_ids)
     x, _, _, _ = actor.tensors(target)  # the target's labels are never read
     probs = []
     for source in source_ids:
@@ -147,13 +146,13 @@ def distill(msg: Message, context: Context) -> Message:
     loss = train_on_consensus(model, x, knowledge.float(), weight.float(), kd3a_epochs(config), config,
                               generator)
     state = model.state_dict()
-    out = {f"{target}/{name}": state[name].detach().cpu().clone() for name in shared}
+    out = pack_client_arrays({target: {name: state[name].detach().cpu().numpy() for name in shared}})
     _store_personal(context, target, {k: v for k, v in state.items() if k not in shared})
     metrics = MetricRecord({
         "num-examples": len(x), "source-ids": source_ids, "focus": focus.tolist(),
         "confident-fraction": float((weight > 0).double().mean()), "train-loss": loss,
     })
-    return Message(RecordDict({"arrays": ArrayRecord(out), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()

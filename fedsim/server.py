@@ -33,6 +33,8 @@ def run_rounds(
     every ``eval-every`` rounds, log one row per round and checkpoint every
     ``checkpoint-every`` rounds. Raises ClientFailure beyond ``max-failures``."""
     strategy = ALGORITHMS[config.strategy].strategy(config)
+    if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls for replies every 0.1 s
+        grid.pull_interval = 0.002
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
     strategy.node_of = {c: node_by_pid[c % len(node_by_pid)] for c in range(config.num_clients)}
     data = load_dataset(config)

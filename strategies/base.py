@@ -2,14 +2,16 @@
 
 Several logical clients (identified by partition id) live on one simulated Flower node;
 a round sends each node one message naming its sampled clients, and the node replies
-with one update per client (array keys ``"<client>/<param>"``). The server aggregates
+with one update per client (one array per parameter, the clients stacked along the
+first axis in the order of the reply's ``client-ids``). The server aggregates
 per-client updates in sorted client order, so results do not depend on how clients are
 packed into nodes, on actor count or on reply order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -29,13 +31,26 @@ from fedsim.config import Config
 from strategies.aggregate import sample_clients, weighted_average
 
 
-def split_client_arrays(record: ArrayRecord) -> dict[int, dict[str, np.ndarray]]:
-    """``{"3/body.w": a, ...}`` -> ``{3: {"body.w": a}, ...}``."""
-    out: dict[int, dict[str, np.ndarray]] = {}
-    for key, array in record.items():
-        client, _, name = key.partition("/")
-        out.setdefault(int(client), {})[name] = array.numpy()
-    return out
+def pack_client_arrays(states: dict[int, dict[str, Any]]) -> ArrayRecord:
+    """Several clients' arrays as one array per parameter, the clients stacked along a
+    first axis in ``states`` order: a cohort's reply costs one (de)serialisation per
+    parameter, not one per client and parameter. All clients have the same names."""
+    if not states:
+        return ArrayRecord()
+    first = next(iter(states.values()))
+    return ArrayRecord({
+        name: Array(np.stack([np.asarray(state[name]) for state in states.values()]))
+        for name in first
+    })
+
+
+def split_client_arrays(record: ArrayRecord, ids: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Undo :func:`pack_client_arrays`: ``{client: {name: array}}`` for ``ids`` in order."""
+    stacks = {name: array.numpy() for name, array in record.items()}
+    for name, stack in stacks.items():
+        if len(stack) != len(ids):
+            raise ValueError(f"array {name!r} holds {len(stack)} clients, expected {len(ids)}")
+    return {int(c): {name: stack[i, ...] for name, stack in stacks.items()} for i, c in enumerate(ids)}
 
 
 class CohortFedAvg(FedAvg):
@@ -136,7 +151,7 @@ class CohortFedAvg(FedAvg):
         losses: dict[int, float] = {}
         for msg in valid:
             metrics = msg.content["metrics"]
-            sent = split_client_arrays(msg.content[self.arrayrecord_key])
+            sent = split_client_arrays(msg.content[self.arrayrecord_key], metrics["client-ids"])
             for client, n, loss in zip(
                 metrics["client-ids"], metrics["client-examples"], metrics["train-loss"]
             ):

@@ -9,7 +9,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies.aggregate import weighted_average
-from strategies.base import CohortFedAvg, split_client_arrays
+from strategies.base import CohortFedAvg, pack_client_arrays, split_client_arrays
 from strategies.consensus import domain_weights
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -47,8 +47,12 @@ class KD3A(CohortFedAvg):
     def configure_distill(
         self, server_round: int, arrays: ArrayRecord, replies: list[Message], config: ConfigRecord
     ) -> list[Message]:
-        sources = ArrayRecord({k: v for r in replies for k, v in r.content["arrays"].items()})
-        source_ids = sorted({int(k.partition("/")[0]) for k in sources.keys()})
+        states = {}
+        for reply in replies:
+            states.update(split_client_arrays(reply.content["arrays"],
+                                              reply.content["metrics"]["client-ids"]))
+        source_ids = sorted(states)
+        sources = pack_client_arrays({c: states[c] for c in source_ids})
         if not source_ids:  # every source dropped out or failed: nothing to distill
             return []
         messages = []
@@ -69,7 +73,8 @@ class KD3A(CohortFedAvg):
         trained = [r for r in replies if r not in distilled]
         sources = {}
         for reply in trained:
-            sources.update(split_client_arrays(reply.content["arrays"]))
+            sources.update(split_client_arrays(reply.content["arrays"],
+                                               reply.content["metrics"]["client-ids"]))
         if not distilled or not sources:
             return super().aggregate_train(server_round, trained)
         reply = distilled[0]
@@ -84,7 +89,7 @@ class KD3A(CohortFedAvg):
             torch.tensor([self.focus[c] for c in present], dtype=torch.float64),
             float(metrics["confident-fraction"]),
         )
-        target = next(iter(split_client_arrays(reply.content["arrays"]).values()))
+        target = {name: stack.numpy()[0, ...] for name, stack in reply.content["arrays"].items()}
         weights = [target_weight, *source_weights.tolist()]
         averaged = weighted_average(weights, [target, *(sources[c] for c in present)])
         self._last = {

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from strategies.aggregate import sample_clients, weighted_average
+from strategies.base import pack_client_arrays, split_client_arrays
 
 
 def test_weighted_average_exact_numbers():
@@ -40,3 +41,19 @@ def test_weighted_average_keeps_zero_dim_integer_buffers_as_arrays():
     b = {"num_batches_tracked": np.array(7, dtype=np.int64)}
     out = weighted_average([1, 2], [a, b])["num_batches_tracked"]
     assert isinstance(out, np.ndarray) and out.shape == () and out.dtype == np.int64 and int(out) == 6
+
+
+def test_pack_and_split_client_arrays_round_trip():
+    states = {7: {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(3)},
+              2: {"w": -np.ones((2, 3), dtype=np.float32), "n": np.array(5)}}
+    record = pack_client_arrays(states)
+    assert sorted(record.keys()) == ["n", "w"] and tuple(record["w"].shape) == (2, 2, 3)
+    back = split_client_arrays(record, [7, 2])
+    assert list(back) == [7, 2]
+    for client in states:
+        for name in ("w", "n"):
+            np.testing.assert_array_equal(back[client][name], states[client][name])
+            assert isinstance(back[client][name], np.ndarray)
+    assert split_client_arrays(pack_client_arrays({1: {}, 4: {}}), [1, 4]) == {1: {}, 4: {}}
+    with pytest.raises(ValueError, match="holds 2 clients, expected 3"):
+        split_client_arrays(record, [7, 2, 5])

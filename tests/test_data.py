@@ -18,6 +18,11 @@ def test_digits_dataset():
     assert data.x.shape == (1797, 64) and data.x.dtype == np.float32
     assert data.input_shape == (64,) and data.num_classes == 10
     assert 0.0 <= data.x.min() and data.x.max() <= 1.0
+    from sklearn.datasets import load_digits  # read directly, without importing scikit-learn
+
+    bunch = load_digits()
+    np.testing.assert_array_equal(data.x, (bunch.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(data.y, bunch.target)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 10])

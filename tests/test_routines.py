@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from clients.routines import evaluate, run_epochs, train_fedrep, train_whole
+from clients.routines import SGDStep, evaluate, run_epochs, train_fedrep, train_whole
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.models import build_model
@@ -76,3 +77,26 @@ def test_a_lone_last_sample_joins_the_previous_batch():
     model.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
     run_epochs(model, model.parameters(), x, y, 1, config, torch.Generator().manual_seed(0))
     assert sizes == [4, 5]  # not [4, 4, 1], which BatchNorm cannot train on
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.5, 1e-4), (0.9, 5e-4), (0.0, 1e-2)])
+def test_sgd_step_is_bit_identical_to_torch_optim_sgd(momentum, weight_decay):
+    def nets():
+        torch.manual_seed(0)  # the second net is never in the loss: no gradient, skipped by both
+        return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)), \
+            torch.nn.Linear(2, 2)
+
+    x, y = torch.randn(8, 5, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2] * 2 + [0, 1])
+    (net_a, idle_a), (net_b, idle_b) = nets(), nets()
+    params_a = [*net_a.parameters(), *idle_a.parameters()]
+    params_b = [*net_b.parameters(), *idle_b.parameters()]
+    reference = torch.optim.SGD(params_a, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    ours = SGDStep(params_b, 0.1, momentum, weight_decay)
+    for step in range(5):
+        reference.zero_grad()
+        torch.nn.functional.cross_entropy(net_a(x * (step + 1)), y).backward()
+        reference.step()
+        loss = torch.nn.functional.cross_entropy(net_b(x * (step + 1)), y)
+        ours(torch.autograd.grad(loss, params_b, allow_unused=True))
+        assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    assert torch.equal(idle_a.weight, idle_b.weight)
