@@ -195,6 +195,7 @@ def _start_ray(config: Config) -> int:
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
     pythonpath = os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = pythonpath
+    env = {"env_vars": {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -203,7 +204,7 @@ def _start_ray(config: Config) -> int:
                 include_dashboard=False,
                 log_to_driver=config.verbose,
                 logging_level=logging.INFO if config.verbose else logging.ERROR,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}},
+                runtime_env=env if address else None,  # a local cluster inherits os.environ
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from inprocess import InProcessGrid
 
-from clients.app import app
+from clients.app import _from_array, app
 from fedsim.config import Config
 from fedsim.history import RunWriter
 from fedsim.server import ClientFailure, run_rounds
@@ -51,7 +51,7 @@ def test_heads_persist_in_client_state_across_rounds(tmp_path):
         writer = RunWriter(tmp_path / f"r{rounds}", config.to_dict())
         run_rounds(grid, config.replace(num_rounds=rounds), writer, 2)
         personal = {
-            key: rec.numpy().copy()
+            key: _from_array(rec)
             for ctx in grid.contexts.values() for key, rec in ctx.state["personal"].items()
         }
         heads.append(personal)
