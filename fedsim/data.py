@@ -272,20 +272,32 @@ def match_test_split(
 def _lend_test_samples(out: list[list[int]], train_labels: list[np.ndarray], test_pool: np.ndarray,
                        test_labels: np.ndarray) -> None:
     """A small client can round down to no test sample at all: give it one of its most
-    frequent training class, taken from the client holding most test samples of it."""
+    frequent training class, moved from the client holding most test samples of that
+    class if that client keeps at least one, else shared with it (with more clients than
+    test samples, test sets must overlap; train and test stay disjoint per client)."""
+    needy = [client for client, held in enumerate(out) if not held and len(train_labels[client])]
+    if not needy:
+        return
     label_of = dict(zip(test_pool.tolist(), test_labels.tolist()))
-    for client, labels in enumerate(train_labels):
-        if out[client] or len(labels) == 0:
-            continue
-        values, counts = np.unique(labels, return_counts=True)
-        for c in values[np.argsort(-counts, kind="stable")]:
-            holdings = [sum(label_of[i] == c for i in o) for o in out]
-            donor = int(np.argmax(holdings))
-            if holdings[donor] > 1:
-                sample = next(i for i in out[donor] if label_of[i] == c)
+    column = {c: j for j, c in enumerate(np.unique(test_labels).tolist())}
+    held = np.zeros((len(out), len(column)), dtype=np.int64)  # test samples per client and class
+    for client, samples in enumerate(out):
+        for i in samples:
+            held[client, column[label_of[i]]] += 1
+    for client in needy:
+        values, counts = np.unique(train_labels[client], return_counts=True)
+        for c in values[np.argsort(-counts, kind="stable")].tolist():
+            j = column.get(c)
+            if j is None or held[:, j].max() == 0:
+                continue  # no test sample of this class at all
+            donor = int(np.argmax(held[:, j]))
+            sample = next(i for i in out[donor] if label_of[i] == c)
+            if held[donor, j] > 1:
                 out[donor].remove(sample)
-                out[client].append(sample)
-                break
+                held[donor, j] -= 1
+            out[client].append(sample)
+            held[client, j] += 1
+            break
 
 
 def _pools(data: Dataset, test_fraction: float, rng: np.random.Generator):

@@ -87,8 +87,16 @@ def test_more_classes_than_dataset_has_is_an_error():
 
 
 def test_client_without_data_is_an_error():
-    with pytest.raises(DataError, match=r"leaves client\(s\) .* without test data"):
-        split_of("partitioner=iid", "num-clients=1000")
+    with pytest.raises(DataError, match=r"leaves client\(s\) .* without train data"):
+        split_of("partitioner=iid", "num-clients=2000")  # 1,348 training samples
+
+
+def test_more_clients_than_test_samples_share_test_samples():
+    data, splits = split_of("partitioner=iid", "num-clients=1000")  # 449 test samples
+    assert all(len(s.test) >= 1 and len(s.train) >= 1 for s in splits)
+    for s in splits:  # shared test samples are of the client's own classes, never its training ones
+        assert set(data.y[s.test]) <= set(data.y[s.train])
+        assert not set(s.test) & set(s.train)
 
 
 def test_shards_deal_each_class_evenly():
