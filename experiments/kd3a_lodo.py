@@ -6,6 +6,7 @@ like the paper's, plus every source's domain weight over rounds. With
 
     python experiments/kd3a_lodo.py [--rounds 20] [--per-class 100] [--out runs/kd3a]
     python experiments/kd3a_lodo.py --targets mnistm --malicious shift
+    python experiments/kd3a_lodo.py --targets mnistm --set seed=1 --set kd3a-mixup=2
 
 Every run goes through `fedsim.run` (Flower + Ray).
 """
@@ -36,11 +37,13 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(DIGIT5))
     parser.add_argument("--malicious", choices=["shift", "noise"], help="add a corrupted 5th source")
     parser.add_argument("--out", default="runs/kd3a")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other config value, for both strategies (repeatable)")
     args = parser.parse_args()
     out = Path(args.out)
     base = ["dataset=digit5-synth", "partitioner=domain", "num-clients=5", "fraction-train=1.0",
             f"synth-per-class={args.per_class}", f"num-rounds={args.rounds}", "batch-size=32",
-            "lr=0.05", "momentum=0.9", "weight-decay=5e-4"]
+            "lr=0.05", "momentum=0.9", "weight-decay=5e-4", *args.set]
     import matplotlib
 
     matplotlib.use("Agg")
