@@ -107,9 +107,7 @@ def train(msg: Message, context: Context) -> Message:
         done.append(client)
         losses.append(loss)
         examples.append(len(y))
-        state = model.state_dict()
-        out[client] = {name: state[name].detach().cpu().numpy().copy() for name in shared}  # model is reused
-        _store_personal(context, client, {k: v for k, v in state.items() if k not in shared})
+        out[client] = _keep_personal(context, client, model, shared)
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": done,
         "client-examples": examples, "train-loss": losses,
@@ -146,9 +144,7 @@ def distill(msg: Message, context: Context) -> Message:
     model = actor.load(target, shared, context)
     loss = train_on_consensus(model, x, knowledge.float(), weight.float(), kd3a_epochs(config), config,
                               generator)
-    state = model.state_dict()
-    out = pack_client_arrays({target: {name: state[name].detach().cpu().numpy() for name in shared}})
-    _store_personal(context, target, {k: v for k, v in state.items() if k not in shared})
+    out = pack_client_arrays({target: _keep_personal(context, target, model, shared)})
     metrics = MetricRecord({
         "num-examples": len(x), "source-ids": source_ids, "focus": focus.tolist(),
         "confident-fraction": float((weight > 0).double().mean()), "train-loss": loss,
@@ -196,13 +192,18 @@ def _client_seed(seed: int, server_round: int, client: int, stream: int = 0) -> 
     return int(np.random.SeedSequence([seed, server_round, client, stream]).generate_state(1)[0])
 
 
-def _store_personal(context: Context, client: int, state: dict[str, torch.Tensor]) -> None:
-    if not state:
-        return
-    record = context.state.get(PERSONAL) or ArrayRecord()
-    for name, tensor in state.items():
-        record[f"{client}/{name}"] = _to_array(tensor)
-    context.state[PERSONAL] = record
+def _keep_personal(context: Context, client: int, model: nn.Module, shared: dict) -> dict[str, np.ndarray]:
+    """After ``client`` trained ``model``: store what the server did not send (its personal
+    part) in the node's state and return copies of the shared arrays for the reply (the
+    model is reused by the next client)."""
+    state = model.state_dict()
+    personal = {k: v for k, v in state.items() if k not in shared}
+    if personal:
+        record = context.state.get(PERSONAL) or ArrayRecord()
+        for name, tensor in personal.items():
+            record[f"{client}/{name}"] = _to_array(tensor)
+        context.state[PERSONAL] = record
+    return {name: state[name].detach().cpu().numpy().copy() for name in shared}
 
 
 RAW = "fedsim.raw"  # stype of personal arrays: C-order bytes, no .npy header
