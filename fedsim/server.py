@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable
@@ -13,8 +14,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.config import Config
-from fedsim.data import load_dataset
+from fedsim.data import load_dataset, make_split
 from fedsim.history import RunWriter
+from fedsim.simulation import REPLY_IN, SIGNALLED
 from strategies.aggregate import principal_angle_distance
 from strategies.registry import ALGORITHMS, client_model
 
@@ -36,8 +38,9 @@ def run_rounds(
     if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls for replies every 0.1 s
         grid.pull_interval = 0.002
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
-    strategy.node_of = {c: node_by_pid[c % len(node_by_pid)] for c in range(config.num_clients)}
     data = load_dataset(config)
+    nodes = assign_nodes([len(s.train) for s in make_split(config, data)], len(node_by_pid))
+    strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
     arrays = strategy.initial_arrays(client_model(config, data))
     first = 1
     if resume is not None:
@@ -99,6 +102,21 @@ def run_rounds(
             ))
         if progress:
             progress(row, config)
+
+
+def assign_nodes(loads: list[int], nodes: int) -> list[int]:
+    """The node (0 … ``nodes`` - 1) of every client, given its load (training samples):
+    heaviest first onto the least-loaded node, ties to the lowest index (the
+    longest-processing-time rule). With lognormal client sizes, client ``c % nodes``
+    left one node's cohort up to 1.5x longer than the other's, and the round waits for
+    the slowest node."""
+    heap = [(0, node) for node in range(nodes)]
+    out = [0] * len(loads)
+    for client in sorted(range(len(loads)), key=lambda c: (-loads[c], c)):
+        total, node = heapq.heappop(heap)
+        out[client] = node
+        heapq.heappush(heap, (total + loads[client], node))
+    return out
 
 
 def _export_clients(grid: Grid, node_by_pid: dict[int, int], timeout: float) -> dict[str, np.ndarray]:
@@ -177,13 +195,33 @@ def _reason(text: str) -> str:
     return text.strip().removesuffix("'>").strip()
 
 
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """``grid.send_and_receive``, but inside :func:`fedsim.simulation.run` woken by each
+    stored reply instead of polling every ``pull_interval``."""
+    if not SIGNALLED.is_set() or not hasattr(grid, "pull_messages"):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        REPLY_IN.clear()  # before looking: a reply stored meanwhile sets it again
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        remaining = deadline - time.monotonic()
+        if not pending or remaining <= 0:
+            break
+        REPLY_IN.wait(min(remaining, 0.1))
+    return replies
+
+
 def _exchange(
     grid: Grid, messages: list[Message], timeout: float, tolerate: bool = False
 ) -> tuple[list[Message], dict[int, str]]:
     """send_and_receive that never hides a failure: returns the good replies and, per
     client of a failed or missing reply, the reason. Unless ``tolerate``, any failure
     raises ClientFailure naming the clients."""
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = send_and_receive(grid, messages, timeout)
     clients_of = {
         m.metadata.dst_node_id: list(m.content["config"]["clients"]) if "config" in m.content else []
         for m in messages

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,8 +38,9 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = True
 
 
 def run_once(config: Config, run_dir: str | Path, progress: bool = False) -> list[dict[str, Any]]:
-    """The metric rows of ``run_dir``: reused if it holds a completed run, else (after
-    removing a run cut short) run now. Experiment grids call this to be re-runnable."""
+    """The metric rows of ``run_dir``: reused if it holds a completed run of the same
+    config, else (after removing a run cut short or of another config) run now.
+    Experiment grids call this to be re-runnable."""
     import json
     import shutil
 
@@ -46,7 +48,9 @@ def run_once(config: Config, run_dir: str | Path, progress: bool = False) -> lis
 
     run_dir = Path(run_dir)
     summary = run_dir / "summary.json"
-    if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"):
+    same = (run_dir / "config.json").is_file() and json.loads(
+        (run_dir / "config.json").read_text()) == json.loads(json.dumps(config.to_dict()))
+    if not (same and summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"):
         shutil.rmtree(run_dir, ignore_errors=True)
         run(config, run_dir, progress=progress)
     return read_run(run_dir)[1]
@@ -114,31 +118,57 @@ def _simulate(
         raise RunFailed(f"the simulation stopped after {len(writer.rows)} of {config.num_rounds} rounds")
 
 
-POLL_SECONDS = 0.002
+MESSAGE_IN = threading.Event()  # set when the server stores a message for a node
+REPLY_IN = threading.Event()  # set when a node's reply is stored
+SIGNALLED = threading.Event()  # set while the two above are wired into Flower's link state
 
 
 @contextlib.contextmanager
 def _fast_message_pump() -> Iterator[None]:
-    """Flower 1.41's simulation engine moves messages from its link state to the actor
-    queue in a thread that polls every 0.1 s (``vce_api.add_messages_to_queue``), which
-    costs ~0.1 s per message phase, i.e. most of a round with small local work. The same
-    loop polling every 2 ms is swapped in for the run (restored after)."""
+    """Flower 1.41's simulation engine polls for work every 0.1 s: a thread moves
+    messages from its link state to the actor queue (``vce_api.add_messages_to_queue``)
+    and the grid looks for replies (``InMemoryGrid.pull_interval``). That costs ~0.1 s
+    per message phase, most of a round with small local work, and polling faster burns
+    driver CPU the actors need. For the run, the link state signals both events when a
+    message or a reply is stored; the mover thread waits on ``MESSAGE_IN`` and
+    :func:`fedsim.server.send_and_receive` on ``REPLY_IN`` (restored after)."""
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
-    original = vce_api.add_messages_to_queue
+    original = (vce_api.add_messages_to_queue, InMemoryLinkState.store_message_ins,
+                InMemoryLinkState.store_message_res)
+
+    def store_message_ins(self: Any, message: Any) -> Any:
+        result = original[1](self, message)
+        MESSAGE_IN.set()
+        return result
+
+    def store_message_res(self: Any, message: Any) -> Any:
+        result = original[2](self, message)
+        REPLY_IN.set()
+        return result
 
     def pump(state: Any, queue: Any, nodes_mapping: dict[int, int], f_stop: Any) -> None:
         while not f_stop.is_set():
+            MESSAGE_IN.clear()  # before looking: a message stored meanwhile sets it again
+            moved = False
             for node_id in nodes_mapping:
                 for message in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(message)
-            f_stop.wait(POLL_SECONDS)
+                    moved = True
+            if not moved:
+                MESSAGE_IN.wait(0.1)
 
     vce_api.add_messages_to_queue = pump
+    InMemoryLinkState.store_message_ins = store_message_ins
+    InMemoryLinkState.store_message_res = store_message_res
+    SIGNALLED.set()
     try:
         yield
     finally:
-        vce_api.add_messages_to_queue = original
+        SIGNALLED.clear()
+        (vce_api.add_messages_to_queue, InMemoryLinkState.store_message_ins,
+         InMemoryLinkState.store_message_res) = original
 
 
 def _check_local_resources(config: Config) -> None:

@@ -7,7 +7,7 @@ from inprocess import InProcessGrid
 from clients.app import _from_array, app
 from fedsim.config import Config
 from fedsim.history import RunWriter
-from fedsim.server import ClientFailure, run_rounds
+from fedsim.server import ClientFailure, assign_nodes, run_rounds
 
 
 def run(tmp_path, num_nodes=2, **changes):
@@ -93,3 +93,15 @@ def test_different_seeds_give_different_metrics(tmp_path):
     _, zero = run(tmp_path)
     _, one = run(tmp_path, seed=1)
     assert strip_timing(zero) != strip_timing(one)
+
+
+def test_clients_are_assigned_to_nodes_by_load():
+    # heaviest first onto the least-loaded node: 9 → 0, 7 → 1, 5 → 1 (7 < 9), 3 → 0,
+    # then 1 → 0 (12 = 12: the lower index)
+    assert assign_nodes([5, 9, 1, 7, 3], 2) == [1, 0, 0, 1, 0]
+    assert assign_nodes([4, 4, 4], 3) == [0, 1, 2]
+    assert assign_nodes([2, 2], 1) == [0, 0]
+    loads = np.random.default_rng(0).lognormal(3, 1, 100).astype(int).tolist()
+    nodes = assign_nodes(loads, 2)
+    totals = [sum(x for x, n in zip(loads, nodes) if n == k) for k in (0, 1)]
+    assert abs(totals[0] - totals[1]) <= max(loads)  # the LPT bound
