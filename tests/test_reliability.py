@@ -93,3 +93,26 @@ def test_killed_run_keeps_readable_metrics(tmp_path):
         handle.write('{"round": 2, "accur')  # cut mid-line by a kill
     assert read_run(path)[1] == [{"round": 1, "accuracy": 0.5}]
     assert json.loads((path / "config.json").read_text()) == {"a": 1}
+
+
+def test_run_once_reuses_only_a_completed_run_of_the_same_config(tmp_path, monkeypatch):
+    import fedsim.simulation as simulation
+
+    calls = []
+
+    def fake_run(cfg, run_dir, progress=False):
+        calls.append(cfg.seed)
+        writer = RunWriter(run_dir, cfg.to_dict())
+        writer.log_round({"round": 1, "accuracy": float(cfg.seed), "loss": 0.0})
+        writer.finish()
+
+    monkeypatch.setattr(simulation, "run", fake_run)
+    run_dir = tmp_path / "run"
+    assert simulation.run_once(config(seed=1), run_dir)[0]["accuracy"] == 1.0
+    assert simulation.run_once(config(seed=1), run_dir)[0]["accuracy"] == 1.0
+    assert calls == [1]  # the second call reused the run
+    assert simulation.run_once(config(seed=2), run_dir)[0]["accuracy"] == 2.0
+    assert calls == [1, 2]  # another config: run again, not the stale rows
+    (run_dir / "summary.json").unlink()  # a run cut short is run again
+    simulation.run_once(config(seed=2), run_dir)
+    assert calls == [1, 2, 2]
