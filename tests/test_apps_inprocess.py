@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from inprocess import InProcessGrid
 
-from clients.app import _from_array, app
+from clients.app import app, personal_arrays
 from fedsim.config import Config
 from fedsim.history import RunWriter
 from fedsim.server import ClientFailure, assign_nodes, run_rounds
@@ -50,10 +50,7 @@ def test_heads_persist_in_client_state_across_rounds(tmp_path):
     for rounds in (1, 2):
         writer = RunWriter(tmp_path / f"r{rounds}", config.to_dict())
         run_rounds(grid, config.replace(num_rounds=rounds), writer, 2)
-        personal = {
-            key: _from_array(rec)
-            for ctx in grid.contexts.values() for key, rec in ctx.state["personal"].items()
-        }
+        personal = {k: a for ctx in grid.contexts.values() for k, a in personal_arrays(ctx).items()}
         heads.append(personal)
     assert sorted(heads[0]) == sorted(f"{c}/head.{p}" for c in range(4) for p in ("weight", "bias"))
     # the second run continued from the stored heads: they moved again
@@ -105,3 +102,33 @@ def test_clients_are_assigned_to_nodes_by_load():
     nodes = assign_nodes(loads, 2)
     totals = [sum(x for x, n in zip(loads, nodes) if n == k) for k in (0, 1)]
     assert abs(totals[0] - totals[1]) <= max(loads)  # the LPT bound
+
+
+def test_personal_state_is_one_stacked_array_per_parameter():
+    import pickle
+
+    from flwr.app import Context, RecordDict
+
+    from clients.app import Personal
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    personal = Personal.of(context)
+    for client in range(500):
+        personal.put(client, "head.weight", np.full((2, 3), client, dtype=np.float32))
+        personal.put(client, "bn.num_batches_tracked", np.array(client, dtype=np.int64))
+    personal.save(context)
+    record = pickle.loads(pickle.dumps(context)).state["personal"]  # as Flower ships it
+    assert sorted(record.keys()) == ["bn.num_batches_tracked", "bn.num_batches_tracked#clients",
+                                     "head.weight", "head.weight#clients"]
+    again = Personal(record)
+    again.put(7, "head.weight", np.zeros((2, 3), dtype=np.float32))  # in place
+    again.put(900, "head.weight", np.ones((2, 3), dtype=np.float32))  # a new row
+    assert again.get(3, "bn.num_batches_tracked").shape == ()
+    assert again.get(900, "bn.num_batches_tracked") is None
+    again.save(context)
+    arrays = personal_arrays(context)
+    assert len(arrays) == 1001
+    np.testing.assert_array_equal(arrays["7/head.weight"], np.zeros((2, 3)))
+    np.testing.assert_array_equal(arrays["900/head.weight"], np.ones((2, 3)))
+    np.testing.assert_array_equal(arrays["499/head.weight"], np.full((2, 3), 499))
+    assert int(arrays["499/bn.num_batches_tracked"]) == 499

@@ -5,7 +5,7 @@ import pytest
 import torch
 from inprocess import InProcessGrid
 
-from clients.app import _from_array, app
+from clients.app import app, personal_arrays
 from clients.routines import DittoModel, train_ditto
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
@@ -34,8 +34,7 @@ def names_on_the_wire(grid):
 
 
 def personal_state(grid):
-    return {k: _from_array(r) for ctx in grid.contexts.values()
-            for k, r in (ctx.state["personal"].items() if "personal" in ctx.state else [])}
+    return {k: a for ctx in grid.contexts.values() for k, a in personal_arrays(ctx).items()}
 
 
 @pytest.mark.parametrize("strategy", sorted(set(ALGORITHMS) - {"kd3a"}))  # kd3a: test_kd3a.py
