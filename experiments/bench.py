@@ -9,6 +9,7 @@ daemons and actors; read from /proc, so Linux only).
 
     python experiments/bench.py                 # 100-client digits workloads, 3 repeats
     python experiments/bench.py --scaling       # 10 -> 10000 clients at 10% (Fashion-MNIST, MLP)
+    python experiments/bench.py --scaling --clients 1000 --rounds 20
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--clients", default="10,100,1000,10000",
+                        help="client counts of the --scaling workloads (comma-separated)")
     args = parser.parse_args()
     workloads = [
         ("FedRep digits, 100 clients, all per round", [
@@ -191,7 +194,7 @@ def main() -> None:
             (f"FedRep Fashion-MNIST (MLP), {n} clients, 10% per round", [
                 "dataset=fashion-mnist", "model=mlp", "partitioner=iid", f"num-clients={n}", "head-epochs=1",
                 "fraction-train=0.1", f"num-rounds={args.rounds}", f"eval-every={args.rounds}"])
-            for n in (10, 100, 1000, 10000)
+            for n in (int(c) for c in args.clients.split(",") if c)
         ]
     results = []
     for name, overrides in workloads:
