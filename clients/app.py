@@ -2,7 +2,7 @@
 
 A Flower node hosts a cohort of logical clients. Each logical client's personal
 parameters (everything the server does not send, e.g. a FedRep head) live in the
-node's ``context.state`` under ``"<client>/<param>"`` and persist across rounds.
+node's ``context.state`` (see :class:`clients.personal.Personal`) and persist across rounds.
 Data and the model are built once per actor process and reused across messages.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import traceback
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.personal import Personal, personal_arrays
 from clients.routines import evaluate as evaluate_model
 from clients.routines import kd3a_epochs, train_on_consensus
 from fedsim.config import Config, config_from_dict
@@ -26,8 +26,6 @@ from fedsim.data import load_dataset, make_split
 from strategies.base import pack_client_arrays, split_client_arrays
 from strategies.consensus import consensus_focus, knowledge_vote
 from strategies.registry import ALGORITHMS, client_model
-
-PERSONAL = "personal"
 
 app = ClientApp()
 
@@ -212,93 +210,6 @@ def _keep_personal(
         if name not in shared:
             personal.put(client, name, tensor.detach().cpu().numpy())
     return {name: state[name].detach().cpu().numpy().copy() for name in shared}
-
-
-RAW = "fedsim.raw"  # stype of stored personal arrays: C-order bytes, no .npy header
-
-
-class Personal:
-    """A node's personal arrays (everything of its logical clients that the server does
-    not send), kept in ``context.state["personal"]`` as one stacked array per parameter
-    (row = client, ``<param>#clients`` = the row's client ids) in raw bytes.
-
-    Flower pickles the node's whole Context with every message: 5,000 clients × 2 head
-    arrays as separate records cost ~0.2 s per message and direction, one stacked
-    buffer per parameter is a memcpy. Read with :meth:`of` at a handler's start, write
-    back with :meth:`save` at its end."""
-
-    def __init__(self, record: ArrayRecord | None) -> None:
-        self.rows: dict[str, dict[int, int]] = {}  # param -> client -> row
-        self.stacks: dict[str, np.ndarray] = {}  # param -> rows × shape
-        self.added: dict[str, dict[int, np.ndarray]] = {}  # param -> client -> new value
-        self.changed: set[str] = set()
-        for key, array in (record or {}).items():
-            if not key.endswith("#clients"):
-                ids = _from_raw(record[f"{key}#clients"])
-                self.rows[key] = {int(c): i for i, c in enumerate(ids)}
-                self.stacks[key] = _from_raw(array).copy()  # writable
-
-    @classmethod
-    def of(cls, context: Context) -> Personal:
-        return cls(context.state.get(PERSONAL))
-
-    def get(self, client: int, name: str) -> np.ndarray | None:
-        if client in self.added.get(name, {}):
-            return self.added[name][client]
-        row = self.rows.get(name, {}).get(client)
-        return None if row is None else self.stacks[name][row, ...]
-
-    def put(self, client: int, name: str, value: np.ndarray) -> None:
-        self.changed.add(name)
-        row = self.rows.get(name, {}).get(client)
-        if row is None:
-            self.added.setdefault(name, {})[client] = value.copy()
-        else:
-            self.stacks[name][row] = value
-
-    def save(self, context: Context) -> None:
-        """Write the changed parameters back into ``context.state``."""
-        if not self.changed:
-            return
-        record = context.state.get(PERSONAL) or ArrayRecord()
-        for name in sorted(self.changed):
-            new = self.added.pop(name, {})
-            rows = self.rows.setdefault(name, {})
-            parts = [self.stacks[name]] if name in self.stacks else []
-            for client, value in new.items():
-                rows[client] = len(rows)
-                parts.append(value[None])
-            self.stacks[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            record[name] = _to_raw(self.stacks[name])
-            record[f"{name}#clients"] = _to_raw(np.fromiter(rows, dtype=np.int64, count=len(rows)))
-        context.state[PERSONAL] = record
-        self.changed.clear()
-
-    def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(``"<client>/<param>"``, array) of every stored value."""
-        for name, rows in self.rows.items():
-            for client, row in rows.items():
-                yield f"{client}/{name}", self.stacks[name][row, ...]
-        for name, added in self.added.items():
-            for client, value in added.items():
-                yield f"{client}/{name}", value
-
-
-def personal_arrays(context: Context) -> dict[str, np.ndarray]:
-    """Every personal array of a node as ``{"<client>/<param>": array}`` (checkpoints)."""
-    return {key: np.array(value) for key, value in Personal.of(context).items()}
-
-
-def _to_raw(array: np.ndarray) -> Array:
-    """Raw bytes: writing and parsing .npy headers (Flower's default) costs more than
-    a small head's whole update."""
-    array = np.ascontiguousarray(array)
-    return Array(dtype=str(array.dtype), shape=tuple(array.shape), stype=RAW, data=array.tobytes())
-
-
-def _from_raw(array: Array) -> np.ndarray:
-    """Inverse of :func:`_to_raw` (a read-only view of the bytes)."""
-    return np.frombuffer(array.data, dtype=array.dtype).reshape(array.shape)
 
 
 class _Actor:

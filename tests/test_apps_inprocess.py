@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from inprocess import InProcessGrid
 
-from clients.app import app, personal_arrays
+from clients.app import app
+from clients.personal import personal_arrays
 from fedsim.config import Config
 from fedsim.history import RunWriter
 from fedsim.server import ClientFailure, assign_nodes, run_rounds
@@ -109,7 +110,7 @@ def test_personal_state_is_one_stacked_array_per_parameter():
 
     from flwr.app import Context, RecordDict
 
-    from clients.app import Personal
+    from clients.personal import Personal
 
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     personal = Personal.of(context)

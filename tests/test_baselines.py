@@ -5,7 +5,8 @@ import pytest
 import torch
 from inprocess import InProcessGrid
 
-from clients.app import app, personal_arrays
+from clients.app import app
+from clients.personal import personal_arrays
 from clients.routines import DittoModel, train_ditto
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
