@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from clients.personal import Personal, personal_arrays
+from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.routines import evaluate as evaluate_model
 from clients.routines import kd3a_epochs, train_on_consensus
 from fedsim.config import Config, config_from_dict
@@ -68,6 +68,7 @@ def export_state(msg: Message, context: Context) -> Message:
 @app.query("restore")
 def restore_state(msg: Message, context: Context) -> Message:
     """Replace this node's personal arrays with the ones sent (resuming a checkpoint)."""
+    context.state[PERSONAL] = ArrayRecord()  # nothing held before survives
     personal = Personal(None)
     for key, array in msg.content["arrays"].items():
         client, _, name = key.partition("/")

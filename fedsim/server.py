@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.config import Config
-from fedsim.data import load_dataset, make_split
+from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
 from fedsim.simulation import REPLY_IN, SIGNALLED
 from strategies.aggregate import principal_angle_distance
@@ -39,7 +39,7 @@ def run_rounds(
         grid.pull_interval = 0.002
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
     data = load_dataset(config)
-    nodes = assign_nodes([len(s.train) for s in make_split(config, data)], len(node_by_pid))
+    nodes = assign_nodes([len(s.train) for s in client_splits(config)], len(node_by_pid))
     strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
     arrays = strategy.initial_arrays(client_model(config, data))
     first = 1
@@ -198,7 +198,7 @@ def _reason(text: str) -> str:
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
     """``grid.send_and_receive``, but inside :func:`fedsim.simulation.run` woken by each
     stored reply instead of polling every ``pull_interval``."""
-    if not SIGNALLED.is_set() or not hasattr(grid, "pull_messages"):
+    if not SIGNALLED.is_set():
         return list(grid.send_and_receive(messages, timeout=timeout))
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout

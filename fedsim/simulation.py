@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import Config, ConfigError
-from fedsim.data import load_dataset, make_split
+from fedsim.data import client_splits
 from fedsim.history import RunWriter
 
 
@@ -70,7 +70,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
     config.validate()
-    make_split(config, load_dataset(config))  # a bad split fails here, before Ray starts
+    client_splits(config)  # a bad split fails here, before Ray starts
     _check_local_resources(config)
     writer = RunWriter(out, config.to_dict(), checkpoint.round if checkpoint else None)
     try:

@@ -133,3 +133,19 @@ def test_personal_state_is_one_stacked_array_per_parameter():
     np.testing.assert_array_equal(arrays["900/head.weight"], np.ones((2, 3)))
     np.testing.assert_array_equal(arrays["499/head.weight"], np.full((2, 3), 499))
     assert int(arrays["499/bn.num_batches_tracked"]) == 499
+
+
+def test_restore_replaces_everything_a_node_held():
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+    from clients.personal import Personal
+
+    grid = InProcessGrid(app, 1)
+    held = Personal.of(grid.contexts[1000])
+    held.put(0, "head.weight", np.ones(2, dtype=np.float32))
+    held.save(grid.contexts[1000])
+    arrays = ArrayRecord({"3/head.bias": Array(np.zeros(1, dtype=np.float32))})
+    (reply,) = grid.send_and_receive([Message(RecordDict({"arrays": arrays}), dst_node_id=1000,
+                                              message_type="query.restore")])
+    assert not reply.has_error()
+    assert list(personal_arrays(grid.contexts[1000])) == ["3/head.bias"]
