@@ -28,6 +28,7 @@ import torch
 from clients.app import _client_seed
 from clients.routines import evaluate
 from fedsim import load_config, run
+from fedsim.cli import int_list
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.history import read_run
@@ -180,7 +181,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--scaling", action="store_true")
-    parser.add_argument("--clients", default="10,100,1000,10000",
+    parser.add_argument("--clients", type=int_list, default="10,100,1000,10000",
                         help="client counts of the --scaling workloads (comma-separated)")
     args = parser.parse_args()
     workloads = [
@@ -194,7 +195,7 @@ def main() -> None:
             (f"FedRep Fashion-MNIST (MLP), {n} clients, 10% per round", [
                 "dataset=fashion-mnist", "model=mlp", "partitioner=iid", f"num-clients={n}", "head-epochs=1",
                 "fraction-train=0.1", f"num-rounds={args.rounds}", f"eval-every={args.rounds}"])
-            for n in (int(c) for c in args.clients.split(",") if c)
+            for n in args.clients
         ]
     results = []
     for name, overrides in workloads:

@@ -20,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from fedsim import load_config
+from fedsim.cli import int_list
 from fedsim.datasets import DIGIT5
 from fedsim.simulation import run_once
 
@@ -43,7 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (table: mean ± sd)")
+    parser.add_argument("--seeds", type=int_list, default="0,1,2",
+                        help="comma-separated seeds (table: mean ± sd)")
     parser.add_argument("--targets", default=",".join(DIGIT5))
     parser.add_argument("--malicious", choices=["shift", "noise"], help="add a corrupted 5th source")
     parser.add_argument("--out", default="runs/kd3a")
@@ -60,7 +62,6 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     targets = [t for t in args.targets.split(",") if t]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
     lines = ["| target | source-only FedAvg | KD3A | gain | gain per seed |", "|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.4), squeeze=False)
     for ax, target in zip(axes[0], targets):
@@ -70,7 +71,7 @@ def main() -> None:
             setting += ["malicious-sources=0", f"malicious-mode={args.malicious}"]
         suffix = f"-{args.malicious}" if args.malicious else ""
         fedavg, kd3a, weights = [], [], None
-        for seed in seeds:
+        for seed in args.seeds:
             run, name = [*setting, f"seed={seed}"], f"{target}{suffix}-seed{seed}"
             fedavg.append(final(simulate(out, f"fedavg-{name}", [*run, "strategy=fedavg"])))
             rows = simulate(out, f"kd3a-{name}", [*run, "strategy=kd3a"])
@@ -84,7 +85,8 @@ def main() -> None:
             ax.plot([r["round"] for r in weights], [r["source_weights"][source] for r in weights],
                     label=f"source {source}")
         ax.plot([r["round"] for r in weights], [r["target_weight"] for r in weights], "k--", label="target")
-        ax.set(title=f"target {target}{suffix} (seed {seeds[0]})", xlabel="round", ylabel="domain weight")
+        ax.set(title=f"target {target}{suffix} (seed {args.seeds[0]})", xlabel="round",
+               ylabel="domain weight")
         ax.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,17 @@ from fedsim.config import Config, ConfigError, load_config
 from fedsim.data import DataError
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers, at least one (``--seeds 0,1,2``)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fedsim", description="Federated personalized learning on Flower + Ray."
@@ -42,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp_p.add_argument("--strategies", default="fedrep,fedper,lg-fedavg,fedbabu,ditto,local,"
                        "fedavg-ft,fedavg", help="comma-separated (default: all eight)")
-    cmp_p.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
+    cmp_p.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated integers")
     cmp_p.add_argument("--out", required=True, help="directory for runs/, table.md, curves.png")
     args = parser.parse_args(argv)
     try:
@@ -71,13 +82,9 @@ def _compare(args: argparse.Namespace) -> int:
     from fedsim.compare import compare
     from fedsim.simulation import RunFailed
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     try:
-        out = compare(args.config, args.set, strategies, seeds, args.out)
+        out = compare(args.config, args.set, strategies, args.seeds, args.out)
     except RunFailed as exc:
         print(f"fedsim: a run failed: {exc}", file=sys.stderr)
         return 1

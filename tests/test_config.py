@@ -76,3 +76,18 @@ def test_flwr_run_config_declares_every_key_with_the_default():
 def test_shipped_configs_are_valid():
     for path in (ROOT / "experiments").glob("*.toml"):
         load_config(path)
+
+
+def test_integer_lists_on_the_command_line(capsys):
+    import argparse
+
+    from fedsim.cli import int_list, main
+
+    assert int_list("0, 1,2,") == [0, 1, 2]
+    for bad in ("", ",", "0,x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected comma-separated integers"):
+            int_list(bad)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--seeds", "0,one"])
+    assert exit_info.value.code == 2
+    assert "argument --seeds: '0,one': expected comma-separated integers" in capsys.readouterr().err
