@@ -89,6 +89,7 @@ class Config:
     ray_address: str = ""
     round_timeout: float = 600.0
     verbose: bool = False
+    vectorize: str = "auto"  # auto: a cohort trains at once where supported; on: must; off: client by client
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a kebab-case dict (what ``config.json`` holds)."""
@@ -130,6 +131,7 @@ class Config:
         _choice("head_solver", self.head_solver, {"sgd": None, "lstsq": None})
         _choice("model", self.model, dict.fromkeys(MODELS))
         _choice("malicious_mode", self.malicious_mode, {"shift": None, "noise": None})
+        _choice("vectorize", self.vectorize, {"auto": None, "on": None, "off": None})
         for name in ("kd3a_gate_start", "kd3a_gate_end", "kd3a_ema"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
