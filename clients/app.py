@@ -18,16 +18,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients import engine
+from clients.consensus import consensus_focus, knowledge_vote
 from clients.personal import PERSONAL, Personal, personal_arrays
-from clients.routines import evaluate as evaluate_model
+from clients.phases import ClientSpec
 from clients.routines import kd3a_epochs, train_on_consensus
-from fedsim.config import Config, config_from_dict
+from fedsim.algorithms import ALGORITHMS, client_model
+from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
-from strategies.base import pack_client_arrays, split_client_arrays
-from strategies.consensus import consensus_focus, knowledge_vote
-from strategies.registry import ALGORITHMS, client_model
+from fedsim.validate import config_from_dict
+from fedsim.wire import pack_client_arrays, split_client_arrays
 
 app = ClientApp()
+CHUNK = 128  # most clients trained at once (memory: one model copy each)
 
 
 @app.query()
@@ -87,38 +90,27 @@ def train(msg: Message, context: Context) -> Message:
     under ``failures`` (ids and errors) for the server's ``max-failures`` budget."""
     config, clients, shared = _unpack(msg)
     actor = _actor(config.to_json())
-    local_update = ALGORITHMS[config.strategy].local_update
     server_round = int(msg.content["config"]["server-round"])
-    out: dict[int, dict[str, np.ndarray]] = {}
     personal = Personal.of(context)
-    done, examples, losses, dropped, failed, errors = [], [], [], [], [], []
+    dropped, failed, errors, cohort = [], [], [], []
     for client in clients:
         fault = np.random.default_rng([config.seed, server_round, client, 2]).random(2)
         if fault[0] < config.client_dropout:
             dropped.append(client)
-            continue
-        try:
-            if fault[1] < config.client_crash:
-                raise RuntimeError(f"injected crash (client-crash = {config.client_crash})")
-            x, y, _, _ = actor.tensors(client)
-            model = actor.load(client, shared, personal)
-            generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, client))
-            loss = float(local_update(model, x, y, config, generator))
-        except Exception as exc:  # noqa: BLE001 - reported to the server, which decides
+        elif fault[1] < config.client_crash:
             failed.append(client)
-            errors.append(_describe(exc))
-            continue
-        done.append(client)
-        losses.append(loss)
-        examples.append(len(y))
-        out[client] = _keep_personal(personal, client, model, shared)
+            errors.append(f"RuntimeError: injected crash (client-crash = {config.client_crash})")
+        else:
+            cohort.append(client)
+    done, losses, arrays = actor.train(cohort, shared, personal, server_round, failed, errors)
     personal.save(context)
+    examples = [len(actor.tensors(c)[1]) for c in done]
     metrics = MetricRecord({
-        "num-examples": sum(examples), "client-ids": done,
-        "client-examples": examples, "train-loss": losses,
+        "num-examples": sum(examples), "client-ids": done, "client-examples": examples,
+        "train-loss": losses,
     })
     failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
-    content = RecordDict({"arrays": pack_client_arrays(out), "metrics": metrics, "failures": failures})
+    content = RecordDict({"arrays": arrays, "metrics": metrics, "failures": failures})
     return Message(content, reply_to=msg)
 
 
@@ -165,22 +157,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Test accuracy of every named client: received shared arrays + its own personal part."""
     config, clients, shared = _unpack(msg)
     actor = _actor(config.to_json())
-    personalize = ALGORITHMS[config.strategy].personalize
     server_round = int(msg.content["config"]["server-round"])
-    examples, accuracies, losses = [], [], []
-    personal = Personal.of(context)
-    for client in clients:
-        x_train, y_train, x, y = actor.tensors(client)
-        model = actor.load(client, shared, personal)
-        if personalize is not None:  # works on the reused model: nothing is stored back
-            generator = torch.Generator().manual_seed(
-                _client_seed(config.seed, server_round, client, stream=1)
-            )
-            model = personalize(model, x_train, y_train, config, generator)
-        accuracy, loss = evaluate_model(model, x, y)
-        examples.append(len(y))
-        accuracies.append(accuracy)
-        losses.append(loss)
+    accuracies, losses = actor.evaluate(clients, shared, Personal.of(context), server_round)
+    examples = [len(actor.tensors(c)[3]) for c in clients]
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": clients, "client-examples": examples,
         "client-accuracy": accuracies, "client-loss": losses,
@@ -246,9 +225,7 @@ class _Actor:
         """The model holding ``shared`` arrays and ``client``'s personal parameters
         (its initial values the first time the client is seen). Values are copied into
         the model's tensors directly: ``load_state_dict`` costs ~10% of a small update."""
-        unknown = shared.keys() - self.slots.keys()
-        if unknown:
-            raise KeyError(f"the server sent arrays this model does not have: {sorted(unknown)}")
+        self._check(shared)
         with torch.no_grad():
             for name, slot in self.slots.items():
                 value = shared.get(name)
@@ -257,6 +234,93 @@ class _Actor:
                     value = None if array is None else torch.from_numpy(array)
                 slot.copy_(self.initial[name] if value is None else value)
         return self.model
+
+    def stack(self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal):
+        """The cohort's state, one tensor per model entry (row = client): the shared
+        arrays, else each client's personal value (its initial value the first time)."""
+        self._check(shared)
+        states = {}
+        for name, initial in self.initial.items():
+            if name in shared:
+                value = shared[name].to(self.device)
+                states[name] = value.unsqueeze(0).repeat(len(clients), *([1] * value.dim()))
+                continue
+            rows = [personal.get(c, name) for c in clients]
+            states[name] = torch.stack([
+                initial if row is None else torch.from_numpy(row).to(self.device) for row in rows])
+        return states
+
+    def _check(self, shared: dict[str, torch.Tensor]) -> None:
+        unknown = shared.keys() - self.slots.keys()
+        if unknown:
+            raise KeyError(f"the server sent arrays this model does not have: {sorted(unknown)}")
+
+    @property
+    def spec(self) -> ClientSpec:
+        """The client declaration of the run's strategy (looked up per message)."""
+        return ALGORITHMS[self.config.strategy].client
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Where each phase group runs (``loop`` or ``vectorized``)."""
+        return engine.paths(self.model, self.spec, self.config)
+
+    def cohorts(self, clients: list[int], path: str) -> list[list[int]]:
+        """Client by client on the loop path (a client that raises fails alone), else
+        chunks of at most ``CHUNK`` clients (bounded memory; no result depends on them)."""
+        if path == engine.LOOP:
+            return [[c] for c in clients]
+        return [clients[i:i + CHUNK] for i in range(0, len(clients), CHUNK)]
+
+    def train(
+        self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal,
+        server_round: int, failed: list[int], errors: list[str],
+    ) -> tuple[list[int], list[float], ArrayRecord]:
+        """Train ``clients`` (their personal parts updated in ``personal``); returns the
+        clients that completed, their losses and their shared arrays (stacked in that
+        order). A client that raises is added to ``failed`` with its error."""
+        done, losses, out = [], [], {name: [] for name in shared}
+        for cohort in self.cohorts(clients, self.paths["train"]):
+            try:
+                states = self.stack(cohort, shared, personal)
+                xs, ys = zip(*(self.tensors(c)[:2] for c in cohort))
+                generators = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c))
+                              for c in cohort]
+                cohort_losses = engine.train_cohort(self.model, self.spec.train, states, list(xs), list(ys),
+                                                    self.config, generators, self.paths["train"])
+            except Exception as exc:  # noqa: BLE001 - reported to the server, which decides
+                failed.extend(cohort)
+                errors.extend([_describe(exc)] * len(cohort))
+                continue
+            done += cohort
+            losses += [float(v) for v in cohort_losses]
+            for name, stack in states.items():
+                if name in shared:
+                    out[name].append(stack.detach().cpu().numpy())
+                else:
+                    for row, client in enumerate(cohort):
+                        personal.put(client, name, stack[row].detach().cpu().numpy())
+        arrays = ArrayRecord({n: Array(np.concatenate(parts)) for n, parts in out.items() if parts})
+        return done, losses, arrays
+
+    def evaluate(
+        self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal, server_round: int,
+    ) -> tuple[list[float], list[float]]:
+        """(accuracy, loss) of every client, after the spec's fine-tuning (not kept)."""
+        path = self.paths.get("finetune", engine.LOOP)
+        accuracies, losses = [], []
+        for cohort in self.cohorts(clients, path):
+            tensors = [self.tensors(c) for c in cohort]
+            generators = [
+                torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, stream=1))
+                for c in cohort]
+            acc, loss = engine.evaluate_cohort(
+                self.model, self.spec, self.stack(cohort, shared, personal),
+                ([t[0] for t in tensors], [t[1] for t in tensors]),
+                ([t[2] for t in tensors], [t[3] for t in tensors]), self.config, generators, path)
+            accuracies += acc
+            losses += loss
+        return accuracies, losses
 
 
 def corrupt(x: np.ndarray, y: np.ndarray, num_classes: int, config: Config, client: int):

@@ -149,62 +149,10 @@ def train_on_consensus(
     return _sgd(model, model.parameters(), x, epochs, config, generator, batch_loss)
 
 
-def train_fedrep(
-    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
-    generator: torch.Generator,
-) -> float:
-    """FedRep's local update: the head for ``head-epochs`` with the body frozen (or solved
-    exactly, ``head-solver = "lstsq"``), then the body for ``body-epochs`` with the head
-    frozen (Collins et al., ICML 2021, Alg. 1)."""
-    if config.head_solver == "lstsq":
-        solve_head(model, x, y)
-        loss = float("nan")
-    else:
-        loss = run_epochs(model, model.head.parameters(), x, y, config.head_epochs, config, generator)
-    body_loss = run_epochs(
-        model, model.body.parameters(), x, y, config.body_epochs, config, generator
-    )
-    return loss if config.body_epochs == 0 else body_loss
-
-
-def train_whole(
-    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
-    generator: torch.Generator,
-) -> float:
-    """All parameters jointly for ``local-epochs`` (FedAvg's local update)."""
-    return run_epochs(model, model.parameters(), x, y, config.local_epochs, config, generator)
-
-
 def kd3a_epochs(config: Config) -> float:
     """Local epochs per round for KD3A's communication rounds r: 1/r (r < 1: several epochs
     between aggregations; r ≥ 1: a 1/r share of an epoch)."""
     return 1.0 / config.kd3a_rounds_per_epoch
-
-
-def train_source(
-    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config, generator: torch.Generator,
-) -> float:
-    """A KD3A source: its whole model on its labels for 1/``kd3a-rounds-per-epoch`` epochs."""
-    return run_epochs(model, model.parameters(), x, y, kd3a_epochs(config), config, generator)
-
-
-def train_body(
-    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
-    generator: torch.Generator,
-) -> float:
-    """The body alone for ``local-epochs``; the head stays at its initial values
-    (FedBABU's local update, Oh, Kim, Yun, ICLR 2022)."""
-    return run_epochs(model, model.body.parameters(), x, y, config.local_epochs, config, generator)
-
-
-def finetune_head(
-    model: SplitModel, x: torch.Tensor, y: torch.Tensor, config: Config,
-    generator: torch.Generator,
-) -> SplitModel:
-    """The head for ``finetune-epochs`` on the client's training data, body frozen; returns
-    the model to evaluate (FedAvg+FT and FedBABU's evaluation)."""
-    run_epochs(model, model.head.parameters(), x, y, config.finetune_epochs, config, generator)
-    return model
 
 
 class DittoModel(nn.Module):
@@ -217,35 +165,6 @@ class DittoModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.personal(x)
-
-
-def proximity(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
-    """½·‖θ − anchor‖² over all parameters of ``model``."""
-    return 0.5 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-
-
-def train_ditto(
-    model: DittoModel, x: torch.Tensor, y: torch.Tensor, config: Config,
-    generator: torch.Generator,
-) -> float:
-    """Ditto (Li, Hu, Beirami, Smith, ICML 2021, Alg. 1): the shared model takes its
-    FedAvg update; the personal model minimises its loss + λ/2·‖v − w‖², w the shared
-    model received this round, for ``local-epochs`` each. Returns the personal loss."""
-    received = [p.detach().clone() for p in model.shared.parameters()]
-    run_epochs(model.shared, model.shared.parameters(), x, y, config.local_epochs, config, generator)
-    lam = config.ditto_lambda
-    return run_epochs(
-        model.personal, model.personal.parameters(), x, y, config.local_epochs, config, generator,
-        penalty=lambda: lam * proximity(model.personal, received),
-    )
-
-
-def ditto_personal(
-    model: DittoModel, x: torch.Tensor, y: torch.Tensor, config: Config,
-    generator: torch.Generator,
-) -> nn.Module:
-    """Ditto evaluates the personal model."""
-    return model.personal
 
 
 @torch.no_grad()

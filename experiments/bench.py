@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from clients.app import _client_seed
+from clients.engine import train_one
 from clients.routines import evaluate
 from fedsim import load_config, run
 from fedsim.cli import int_list
@@ -33,7 +34,7 @@ from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.history import read_run
 from strategies.aggregate import sample_clients, weighted_average
-from strategies.registry import ALGORITHMS, client_model
+from fedsim.algorithms import ALGORITHMS, client_model, strategy_class
 
 
 def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
@@ -46,7 +47,7 @@ def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
         for s in splits
     ]
     algorithm = ALGORITHMS[config.strategy]
-    shares = algorithm.strategy(config).shares
+    shares = strategy_class(config.strategy)(config).shares
     model = client_model(config, data)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     shared = {k: v.clone() for k, v in initial.items() if shares(k)}
@@ -61,7 +62,7 @@ def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
             x, y, _, _ = tensors[c]
             model.load_state_dict({**initial, **personal.get(c, {}), **shared})
             generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, c))
-            algorithm.local_update(model, x, y, config, generator)
+            train_one(model, algorithm.client.train, x, y, config, generator)
             state = model.state_dict()
             updates.append({k: state[k].numpy().copy() for k in shared})
             weights.append(len(y))

@@ -12,13 +12,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim.algorithms import client_model, strategy_class
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
 from fedsim.simulation import REPLY_IN, SIGNALLED
 from strategies.aggregate import principal_angle_distance
-from strategies.registry import ALGORITHMS, client_model
 
 Progress = Callable[[dict[str, Any], Config], None]
 
@@ -34,7 +34,7 @@ def run_rounds(
     """Train for ``num-rounds`` rounds (continuing after ``resume`` if given), evaluate
     every ``eval-every`` rounds, log one row per round and checkpoint every
     ``checkpoint-every`` rounds. Raises ClientFailure beyond ``max-failures``."""
-    strategy = ALGORITHMS[config.strategy].strategy(config)
+    strategy = strategy_class(config.strategy)(config)
     if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls for replies every 0.1 s
         grid.pull_interval = 0.002
     node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)

@@ -1,1 +1,1 @@
-"""Server strategies: one module per algorithm, registered in ``strategies.registry``."""
+"""Server strategies: one module per algorithm, registered in ``fedsim.algorithms``."""

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedsim.wire import pack_client_arrays, split_client_arrays
 from strategies.aggregate import weighted_average
-from strategies.base import CohortFedAvg, pack_client_arrays, split_client_arrays
+from strategies.base import CohortFedAvg
 from strategies.consensus import domain_weights
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from strategies.aggregate import sample_clients, weighted_average
-from strategies.base import pack_client_arrays, split_client_arrays
+from fedsim.wire import pack_client_arrays, split_client_arrays
 
 
 def test_weighted_average_exact_numbers():

@@ -76,12 +76,14 @@ def test_rows_have_the_documented_fields(tmp_path):
 
 
 def test_client_exception_names_the_clients(tmp_path, monkeypatch):
-    from strategies import registry
+    from clients.phases import ClientSpec, Phase, Routine
+    from fedsim import algorithms
 
     def explode(*args):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setitem(registry.ALGORITHMS, "fedrep", registry.Algorithm(registry.FedRep, explode))
+    spec = ClientSpec(train=(Phase("explode", "", "local_epochs", routine=Routine(explode)),))
+    monkeypatch.setitem(algorithms.ALGORITHMS, "fedrep", algorithms.Algorithm("strategies.fedrep:FedRep", spec))
     with pytest.raises(ClientFailure, match=r"3 client\(s\) failed \(max-failures = 0\)\n  client \d: "
                        r"RuntimeError: disk on fire \(at .*test_apps_inprocess.py:\d+\)"):
         run(tmp_path)

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from strategies.consensus import (
+from clients.consensus import (
     consensus_focus_exact,
     consensus_focus_sampled,
     consensus_quality,
-    domain_weights,
     knowledge_vote,
 )
+from strategies.consensus import domain_weights
 
 # 3 sources, 2 samples, 3 classes
 PROBS = torch.tensor([

@@ -9,11 +9,12 @@ from inprocess import InProcessGrid
 
 from clients.app import _actor, app
 from clients.routines import _sgd, kd3a_epochs
-from fedsim.config import Config, ConfigError, load_config
+from fedsim.config import Config, ConfigError
 from fedsim.data import DataError, load_dataset, make_split
 from fedsim.history import RunWriter
 from fedsim.server import run_rounds
-from strategies.registry import client_model
+from fedsim.validate import load_config
+from fedsim.algorithms import client_model
 
 SETTING = ["dataset=digit5-synth", "partitioner=domain", "num-clients=5", "target-domain=usps",
            "synth-per-class=6", "num-rounds=2", "fraction-train=1.0", "batch-size=16"]

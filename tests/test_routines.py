@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from clients.routines import SGDStep, evaluate, run_epochs, train_fedrep, train_whole
+from clients import specs
+from clients.engine import train_one
+from clients.routines import SGDStep, evaluate, run_epochs
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.models import build_model
@@ -26,10 +28,10 @@ def test_head_phase_freezes_body_and_body_phase_freezes_head():
     config, data, x, y = client_tensors()
     model = build_model(data, 32, 0)
     body, head = snapshot(model.body), snapshot(model.head)
-    train_fedrep(model, x, y, Config(head_epochs=2, body_epochs=0), torch.Generator().manual_seed(0))
+    train_one(model, specs.FEDREP.train, x, y, Config(head_epochs=2, body_epochs=0), torch.Generator().manual_seed(0))
     assert same(body, snapshot(model.body)) and not same(head, snapshot(model.head))
     head = snapshot(model.head)
-    train_fedrep(model, x, y, Config(head_epochs=0, body_epochs=2), torch.Generator().manual_seed(0))
+    train_one(model, specs.FEDREP.train, x, y, Config(head_epochs=0, body_epochs=2), torch.Generator().manual_seed(0))
     assert same(head, snapshot(model.head)) and not same(body, snapshot(model.body))
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
@@ -40,7 +42,7 @@ def test_training_lowers_loss_and_is_deterministic_in_the_generator():
     for _ in range(2):
         model = build_model(data, 32, 0)
         _, before = evaluate(model, x, y)
-        train_whole(model, x, y, config, torch.Generator().manual_seed(7))
+        train_one(model, specs.FEDAVG.train, x, y, config, torch.Generator().manual_seed(7))
         _, after = evaluate(model, x, y)
         losses.append(after)
         assert after < before

@@ -41,7 +41,8 @@ PROBE = textwrap.dedent('''
     state; the server refuses any non-body array."""
     import torch
     from strategies.fedrep import FedRep
-    from strategies.registry import ALGORITHMS, Algorithm
+    from clients.phases import ClientSpec, Phase, Routine
+    from fedsim.algorithms import ALGORITHMS, Algorithm
 
     def count_up(model, x, y, config, generator):
         with torch.no_grad():
@@ -57,7 +58,8 @@ PROBE = textwrap.dedent('''
                         raise AssertionError(f"server received {key}")
             return super().aggregate_train(server_round, replies)
 
-    ALGORITHMS["probe"] = Algorithm(BodyOnly, count_up)
+    ALGORITHMS["probe"] = Algorithm(BodyOnly, ClientSpec(train=(Phase("count", "head.", "local_epochs",
+                                                                       routine=Routine(count_up)),)))
 ''')
 
 
@@ -75,13 +77,15 @@ def test_heads_persist_on_ray_actors_and_only_bodies_reach_the_server(tmp_path):
 
 
 FAILING = textwrap.dedent('''
+    from clients.phases import ClientSpec, Phase, Routine
+    from fedsim.algorithms import ALGORITHMS, Algorithm
     from strategies.fedrep import FedRep
-    from strategies.registry import ALGORITHMS, Algorithm
 
     def explode(model, x, y, config, generator):
         raise ValueError("client-side failure for the test")
 
-    ALGORITHMS["explode"] = Algorithm(FedRep, explode)
+    ALGORITHMS["explode"] = Algorithm(FedRep, ClientSpec(train=(Phase("explode", "", "local_epochs",
+                                                                      routine=Routine(explode)),)))
 ''')
 
 

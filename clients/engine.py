@@ -1,0 +1,131 @@
+"""The local-training engine: runs a :class:`~clients.phases.ClientSpec` for a cohort of
+clients, either client by client (``loop``) or all at once (``vectorized``).
+
+A cohort's state is one stacked tensor per model entry (row = client, in cohort order):
+what the server sent, then each client's personal part. Both paths read and write the
+same stacked state, so the caller never knows which one ran.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clients import vectorized
+from clients.phases import ClientSpec, Phase, submodule
+from clients.routines import evaluate, run_epochs
+from fedsim.config import Config, ConfigError
+
+LOOP, VECTORIZED = "loop", "vectorized"
+
+
+def choose_path(model: nn.Module, phases: tuple[Phase, ...], config: Config) -> str:
+    """``vectorized`` or ``loop`` for ``phases`` on ``model`` under ``vectorize``; with
+    ``vectorize = "on"`` a reason not to vectorize is a ConfigError."""
+    if config.vectorize == "off" or not phases:
+        return LOOP
+    reason = vectorized.why_not_vectorized(model, phases, config)
+    if reason is None:
+        return VECTORIZED
+    if config.vectorize == "on":
+        raise ConfigError(f"vectorize = 'on' but {config.strategy!r} cannot run vectorized: {reason} "
+                          f"(use vectorize = 'auto' or 'off')")
+    return LOOP
+
+
+def paths(model: nn.Module, spec: ClientSpec, config: Config) -> dict[str, str]:
+    """Which path ``spec``'s training and fine-tuning phases run (for summaries)."""
+    out = {"train": choose_path(model, spec.train, config)}
+    if spec.finetune:
+        out["finetune"] = choose_path(model, spec.finetune, config)
+    return out
+
+
+def train_cohort(
+    model: nn.Module, phases: tuple[Phase, ...], states: dict[str, torch.Tensor],
+    xs: list[torch.Tensor], ys: list[torch.Tensor], config: Config, generators: list[torch.Generator],
+    path: str,
+) -> list[float]:
+    """Run ``phases`` for every client of the cohort, updating the stacked ``states`` in
+    place; returns each client's loss (mean over the last pass of its last phase that
+    took a step; nan if none did)."""
+    if path == LOOP:
+        losses = []
+        for c, (x, y, generator) in enumerate(zip(xs, ys, generators)):
+            _load_row(model, states, c)
+            losses.append(train_one(model, phases, x, y, config, generator, _row(states, c)))
+            _store_row(model, states, c)
+        return losses
+    start = {k: v.clone() for k, v in states.items()} if any(p.prox for p in phases) else states
+    losses = torch.full((len(xs),), float("nan"), dtype=torch.float64)
+    for phase in phases:
+        phase_losses = vectorized.run_phase(model, phase, states, start, xs, ys, config, generators)
+        losses = torch.where(phase_losses.isnan(), losses, phase_losses)
+    return losses.tolist()
+
+
+def train_one(
+    model: nn.Module, phases: tuple[Phase, ...], x: torch.Tensor, y: torch.Tensor, config: Config,
+    generator: torch.Generator, start: dict[str, torch.Tensor] | None = None,
+) -> float:
+    """One client's ``phases`` on ``model`` (loaded with its state) in place: the plain
+    PyTorch loop. ``start`` (default: the model's state now) anchors proximal terms."""
+    start = start if start is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loss = float("nan")
+    for phase in phases:
+        module = submodule(model, phase.forward)
+        if phase.custom(config):
+            phase_loss = phase.routine.run(module, x, y, config, generator)  # type: ignore[union-attr]
+            loss = phase_loss if phase_loss == phase_loss else loss
+            continue
+        trained = [(n, p) for n, p in model.named_parameters() if n.startswith(phase.trains)]
+        penalty = None
+        if phase.prox is not None:
+            anchor = phase.trains if phase.prox.anchor is None else phase.prox.anchor
+            targets = [start[anchor + n[len(phase.trains):]] for n, _ in trained]
+            weight = getattr(config, phase.prox.weight)
+            params = [p for _, p in trained]
+
+            def penalty(params=params, targets=targets, weight=weight):
+                return weight * (0.5 * sum(((p - a) ** 2).sum() for p, a in zip(params, targets)))
+
+        phase_loss = run_epochs(module, [p for _, p in trained], x, y, phase.epochs_in(config), config,
+                                generator, penalty)
+        if phase_loss == phase_loss:  # not nan: the phase took a step
+            loss = phase_loss
+    return loss
+
+
+def evaluate_cohort(
+    model: nn.Module, spec: ClientSpec, states: dict[str, torch.Tensor],
+    train: tuple[list[torch.Tensor], list[torch.Tensor]], test: tuple[list[torch.Tensor], list[torch.Tensor]],
+    config: Config, generators: list[torch.Generator], path: str,
+) -> tuple[list[float], list[float]]:
+    """(accuracy, loss) of every client on its test data, after ``spec.finetune`` on its
+    training data (on a copy: nothing is kept), with the sub-module ``spec.evaluates``."""
+    if spec.finetune:
+        states = {k: v.clone() for k, v in states.items()}
+        train_cohort(model, spec.finetune, states, *train, config, generators, path)
+    accuracies, losses = [], []
+    for c, (x, y) in enumerate(zip(*test)):
+        _load_row(model, states, c)
+        accuracy, loss = evaluate(submodule(model, spec.evaluates), x, y)
+        accuracies.append(accuracy)
+        losses.append(loss)
+    return accuracies, losses
+
+
+def _row(states: dict[str, torch.Tensor], c: int) -> dict[str, torch.Tensor]:
+    return {k: v[c] for k, v in states.items()}
+
+
+@torch.no_grad()
+def _load_row(model: nn.Module, states: dict[str, torch.Tensor], c: int) -> None:
+    for name, slot in model.state_dict(keep_vars=True).items():
+        slot.copy_(states[name][c])
+
+
+@torch.no_grad()
+def _store_row(model: nn.Module, states: dict[str, torch.Tensor], c: int) -> None:
+    for name, slot in model.state_dict(keep_vars=True).items():
+        states[name][c].copy_(slot)

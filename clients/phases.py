@@ -1,0 +1,87 @@
+"""An algorithm's client side, declared as data: the local phases it runs.
+
+A :class:`ClientSpec` says *what* trains; :mod:`clients.engine` decides *how* (client by
+client, or a whole cohort at once). A phase names the parameters that train (a name
+prefix), the config key of its epoch count, the sub-module the data runs through, and an
+optional proximal penalty; every other parameter stays frozen during it. Phases that are
+not plain SGD (a least-squares head, anything new and unusual) declare a :class:`Routine`
+and run client by client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedsim.config import Config
+
+
+@dataclass(frozen=True)
+class Prox:
+    """Penalty ``λ/2·‖θ − θ⁰‖²`` on the trained parameters, ``λ`` = config key ``weight``.
+    θ⁰ is the value at the start of the client's round (what the server sent, for shared
+    parameters) of the parameter named like θ with the phase's ``trains`` prefix replaced
+    by ``anchor`` ("" keeps the name: FedProx; Ditto anchors ``personal.*`` at ``shared.*``)."""
+
+    weight: str
+    anchor: str | None = None
+
+
+def always(config: Config) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Routine:
+    """A phase computed by a plain function instead of the engine's SGD, when
+    ``applies(config)``: ``run(module, x, y, config, generator)`` updates the phase's
+    parameters of ``module`` in place and returns its loss (nan if none). Always runs
+    client by client (never vectorized)."""
+
+    run: Callable[[nn.Module, torch.Tensor, torch.Tensor, Config, torch.Generator], float]
+    applies: Callable[[Config], bool] = always
+
+
+@dataclass(frozen=True)
+class Phase:
+    """SGD on the parameters whose names start with ``trains`` ("" = all of them), the
+    rest frozen, for ``epochs`` (a config field name, or a function of the config) passes
+    over the client's shuffled data, the data running through sub-module ``forward``
+    ("" = the whole model)."""
+
+    name: str
+    trains: str
+    epochs: str | Callable[[Config], float]
+    forward: str = ""
+    prox: Prox | None = None
+    routine: Routine | None = None
+
+    def epochs_in(self, config: Config) -> float:
+        """The number of epochs this phase runs under ``config``."""
+        return float(self.epochs(config) if callable(self.epochs) else getattr(config, self.epochs))
+
+    def custom(self, config: Config) -> bool:
+        """Whether the phase runs its :class:`Routine` (client by client) under ``config``."""
+        return self.routine is not None and self.routine.applies(config)
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """A client's local training (``train``, kept), what it does before evaluating
+    (``finetune``, on a copy, never kept) and the sub-module it evaluates."""
+
+    train: tuple[Phase, ...]
+    finetune: tuple[Phase, ...] = ()
+    evaluates: str = ""
+
+    def describe(self) -> dict[str, list[str]]:
+        """Phase names, for logs and summaries."""
+        return {"train": [p.name for p in self.train], "finetune": [p.name for p in self.finetune]}
+
+
+def submodule(model: nn.Module, path: str) -> nn.Module:
+    """``model`` itself for "", else its sub-module at dotted ``path``."""
+    return model.get_submodule(path) if path else model

@@ -1,0 +1,180 @@
+"""A declared phase run for a whole cohort at once: every client's parameters stacked
+along a first axis, one batched forward/backward per step (``torch.func.vmap`` over
+``functional_call``), each client with its own shuffling, batches, momentum and number
+of steps.
+
+Measured on this box (MLP 64→128→128→10, batch 11, 50 clients, 1 thread): vmap forward +
+one autograd backward 0.14 ms per client and step, hand-batched ``baddbmm`` 0.13 ms,
+``vmap(grad(...))`` 0.16 ms, one client at a time 0.40 ms. vmap is within 15% of
+hand-written matmuls and works for any buffer-free model (convolutions included), so it
+is the one path.
+
+Shapes never depend on the cohort: a step's batch is padded to ``batch-size + 1`` (the
+largest batch a client can have), and body features are computed client by client, so
+a client's numbers do not depend on which clients share its cohort. A client with no
+batch left in a step takes no step at all (no momentum, no weight decay).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from clients.phases import Phase, submodule
+from fedsim.config import Config
+
+
+def why_not_vectorized(model: nn.Module, phases: tuple[Phase, ...], config: Config) -> str | None:
+    """None if ``phases`` can run vectorized on ``model`` under ``config``, else the reason."""
+    kinds = {type(m).__name__ for m in model.modules()
+             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))}
+    if kinds:
+        return f"the model has {', '.join(sorted(kinds))} (per-client batch statistics or randomness)"
+    if any(True for _ in model.buffers()):
+        return "the model has buffers"
+    custom = [p.name for p in phases if p.custom(config)]
+    if custom:
+        return f"phase {custom[0]!r} runs its own routine (e.g. head-solver = 'lstsq')"
+    return None
+
+
+def schedule(n: int, epochs: float, batch_size: int) -> tuple[int, int]:
+    """(batches per epoch, steps) of a client with ``n`` samples: a last batch of one
+    sample joins the one before (BatchNorm cannot train on one sample)."""
+    per_epoch = max(1, n // batch_size if n % batch_size == 1 else math.ceil(n / batch_size))
+    steps = math.ceil(epochs * per_epoch)
+    return per_epoch, (0 if n < 2 else steps)
+
+
+def batch_indices(
+    sizes: list[int], epochs: float, batch_size: int, generators: list[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each client's mini-batches of a phase, drawn from its own generator exactly as the
+    client-by-client loop draws them (one ``randperm`` per epoch started):
+    ``index`` [C, steps, batch-size + 1] (padding points at sample 0), ``count`` [C, steps]
+    (0 once a client has no batch left) and ``epoch_start`` [C, steps] (a new pass)."""
+    width = batch_size + 1
+    plans = [schedule(n, epochs, batch_size) for n in sizes]
+    longest = max((steps for _, steps in plans), default=0)
+    index = torch.zeros(len(sizes), longest, width, dtype=torch.long)
+    count = torch.zeros(len(sizes), longest, dtype=torch.long)
+    epoch_start = torch.zeros(len(sizes), longest, dtype=torch.bool)
+    for c, ((per_epoch, steps), n, generator) in enumerate(zip(plans, sizes, generators)):
+        for step in range(steps):
+            k = step % per_epoch
+            if k == 0:
+                order = torch.randperm(n, generator=generator)
+                epoch_start[c, step] = True
+            start = k * batch_size
+            batch = order[start:] if k == per_epoch - 1 else order[start:start + batch_size]
+            index[c, step, : len(batch)] = batch
+            count[c, step] = len(batch)
+    return index, count, epoch_start
+
+
+def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[C, max n, ...]: each client's rows, zero-padded."""
+    longest = max(len(t) for t in tensors)
+    out = tensors[0].new_zeros((len(tensors), longest, *tensors[0].shape[1:]))
+    for c, t in enumerate(tensors):
+        out[c, : len(t)] = t
+    return out
+
+
+def per_sample_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[C, B] losses: cross-entropy for class labels, squared error for real targets."""
+    if y.is_floating_point():
+        return (output.squeeze(-1) - y) ** 2
+    flat = nn.functional.cross_entropy(output.flatten(0, 1), y.flatten(), reduction="none")
+    return flat.view(y.shape)
+
+
+def run_phase(
+    model: nn.Module, phase: Phase, states: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+    xs: list[torch.Tensor], ys: list[torch.Tensor], config: Config, generators: list[torch.Generator],
+) -> torch.Tensor:
+    """SGD of ``phase`` for every client at once, updating the stacked ``states`` in
+    place; ``start`` holds the stacked values at the start of the round (proximal
+    anchors). Returns each client's mean loss over its last pass (nan: no step)."""
+    prefix = f"{phase.forward}." if phase.forward else ""
+    names = [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+    trained = [n for n in names if n.startswith(phase.trains)]
+    clients = len(xs)
+    index, count, epoch_start = batch_indices(
+        [len(x) for x in xs], phase.epochs_in(config), config.batch_size, generators)
+    losses = torch.full((clients,), float("nan"), dtype=torch.float64)
+    if not trained or index.shape[1] == 0:
+        return losses
+    device = xs[0].device
+    index, count, epoch_start = index.to(device), count.to(device), epoch_start.to(device)
+    module, strip, names, inputs = _forward_inputs(model, phase, states, names, xs)
+    targets = pad_stack(ys)
+    params = {n: states[n].detach().requires_grad_(n in trained) for n in names}  # states' storage
+    anchors = _anchors(phase, trained, start)
+    weight = getattr(config, phase.prox.weight) if phase.prox else 0.0
+    forward = vmap(lambda p, x: functional_call(module, {k[strip:]: v for k, v in p.items()}, (x,)))
+    buffers = {n: None for n in trained}  # momentum
+    rows = torch.arange(clients, device=device).unsqueeze(1)
+    width = torch.arange(index.shape[2], device=device)
+    loss_sum = torch.zeros(clients, dtype=torch.float64, device=device)
+    seen = torch.zeros(clients, dtype=torch.float64, device=device)
+    for step in range(index.shape[1]):
+        batch, n = index[:, step], count[:, step]
+        active = n > 0
+        mask = (width < n.unsqueeze(1)).to(inputs.dtype)
+        output = forward(params, inputs[rows, batch])
+        per_client = (per_sample_loss(output, targets[rows, batch]) * mask).sum(1) / n.clamp(min=1)
+        if anchors:
+            per_client = per_client + weight * (0.5 * sum(
+                ((params[k] - a) ** 2).flatten(1).sum(1) for k, a in anchors.items()))
+        total = (per_client * active).sum()
+        grads = torch.autograd.grad(total, [params[k] for k in trained])
+        with torch.no_grad():
+            _sgd_step([params[k] for k in trained], grads, buffers, trained, active, config)
+            fresh = epoch_start[:, step]
+            loss_sum = torch.where(fresh, 0.0, loss_sum) + (per_client.double() * n) * active
+            seen = torch.where(fresh, 0.0, seen) + n * active
+    return torch.where(seen > 0, loss_sum / seen.clamp(min=1), float("nan")).cpu()
+
+
+def _forward_inputs(model, phase, states, names, xs):
+    """The module each step runs, the length of its parameters' name prefix, their names
+    and the stacked inputs. A phase
+    that trains only a SplitModel's head runs the frozen body once per client and phase
+    (exact: vectorized models have no BatchNorm or dropout) and steps on its features."""
+    if phase.forward == "" and phase.trains == "head." and hasattr(model, "body"):
+        body = [n for n in states if n.startswith("body.") and n in dict(model.named_parameters())]
+        with torch.no_grad():
+            features = [
+                functional_call(model.body, {n[5:]: states[n][c] for n in body}, (x,))
+                for c, x in enumerate(xs)
+            ]
+        return model.head, len("head."), [n for n in names if n.startswith("head.")], pad_stack(features)
+    strip = len(phase.forward) + 1 if phase.forward else 0
+    return submodule(model, phase.forward), strip, names, pad_stack(xs)
+
+
+def _anchors(phase: Phase, trained: list[str], start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if phase.prox is None:
+        return {}
+    anchor = phase.trains if phase.prox.anchor is None else phase.prox.anchor
+    return {k: start[anchor + k[len(phase.trains):]] for k in trained}
+
+
+def _sgd_step(params, grads, buffers, names, active, config: Config) -> None:
+    """``clients.routines.SGDStep`` on stacked parameters, applied only where ``active``:
+    the same operations in the same order as the one-client step."""
+    for p, g, name in zip(params, grads, names):
+        keep = active.view(-1, *([1] * (p.dim() - 1)))
+        update = torch.add(g, p, alpha=config.weight_decay) if config.weight_decay else g
+        if config.momentum:
+            old = buffers[name]
+            if old is None:
+                buffers[name] = update.clone()
+            else:
+                buffers[name] = torch.where(keep, old * config.momentum + update, old)
+            update = buffers[name]
+        p.copy_(torch.where(keep, torch.add(p, update, alpha=-config.lr), p))

@@ -1,0 +1,185 @@
+"""The local-training engine: declared phases run client by client or vectorized."""
+
+import numpy as np
+import pytest
+import torch
+from inprocess import InProcessGrid
+
+from clients import engine, specs
+from clients.app import app
+from clients.phases import ClientSpec, Phase
+from clients.routines import DittoModel
+from clients.vectorized import batch_indices, schedule
+from fedsim.algorithms import ALGORITHMS
+from fedsim.config import Config, ConfigError
+from fedsim.data import load_dataset
+from fedsim.history import RunWriter
+from fedsim.models import build_model, mlp
+from fedsim.server import run_rounds
+
+
+def stacked(model, clients):
+    return {k: v.detach().unsqueeze(0).repeat(clients, *([1] * v.dim())).clone()
+            for k, v in model.state_dict().items()}
+
+
+def cohort_data(sizes, seed=0, features=6, classes=3):
+    rng = np.random.default_rng(seed)
+    xs = [torch.from_numpy(rng.normal(size=(n, features)).astype(np.float32)) for n in sizes]
+    ys = [torch.from_numpy(rng.integers(0, classes, n)) for n in sizes]
+    return xs, ys
+
+
+def generators(n, seed=5):
+    return [torch.Generator().manual_seed(seed + c) for c in range(n)]
+
+
+def both_paths(model, phases, sizes, config):
+    """(states, losses) after ``phases`` on the loop path and the vectorized path."""
+    xs, ys = cohort_data(sizes)
+    initial = stacked(model, len(sizes))  # the loop path leaves the model at its last client
+    out = {}
+    for path in (engine.LOOP, engine.VECTORIZED):
+        states = {k: v.clone() for k, v in initial.items()}
+        losses = engine.train_cohort(model, phases, states, xs, ys, config, generators(len(sizes)), path)
+        out[path] = (states, losses)
+    return out
+
+
+def test_schedule_merges_a_lone_last_sample_and_counts_steps():
+    assert schedule(25, 1, 10) == (3, 3)
+    assert schedule(21, 2, 10) == (2, 4)  # 10 + 11: the 21st sample joins the second batch
+    assert schedule(3, 2, 10) == (1, 2)
+    assert schedule(1, 5, 10) == (1, 0)  # one sample: no step (as the loop)
+    assert schedule(30, 0.5, 10) == (3, 2)
+
+
+def test_batches_are_each_clients_own_draws_padded_to_batch_size_plus_one():
+    index, count, start = batch_indices([3, 25], 2, 10, generators(2))
+    assert index.shape == (2, 6, 11)
+    assert count.tolist() == [[3, 3, 0, 0, 0, 0], [10, 10, 5, 10, 10, 5]]
+    assert start.tolist() == [[True, True, False, False, False, False],
+                              [True, False, False, True, False, False]]
+    g = generators(2)
+    first = torch.randperm(3, generator=g[0])
+    assert index[0, 0, :3].tolist() == first.tolist() and index[0, 0, 3:].eq(0).all()
+    second = torch.randperm(25, generator=g[1])
+    assert index[1, 0, :10].tolist() == second[:10].tolist()
+
+
+def test_a_small_client_takes_exactly_its_own_steps_and_matches_the_loop():
+    # 3 samples next to 25, batch 10, 2 epochs: 2 steps against 6; momentum and weight
+    # decay must not move the small client in the 4 steps it has no batch
+    model = mlp(6, 8, 3)
+    config = Config(batch_size=10, local_epochs=2, lr=0.1, momentum=0.9, weight_decay=0.01)
+    alone = stacked(model, 1)
+    out = both_paths(model, specs.FEDAVG.train, [3, 25], config)
+    (loop, loop_loss), (vec, vec_loss) = out[engine.LOOP], out[engine.VECTORIZED]
+    for name in loop:
+        torch.testing.assert_close(vec[name], loop[name], rtol=0, atol=1e-6)
+    assert np.allclose(vec_loss, loop_loss, rtol=1e-5)
+    # and exactly its own steps: the same client alone lands on the same values
+    xs, ys = cohort_data([3, 25])
+    engine.train_cohort(model, specs.FEDAVG.train, alone, xs[:1], ys[:1], config, generators(1),
+                        engine.VECTORIZED)
+    for name in alone:
+        assert torch.equal(alone[name][0], vec[name][0])
+
+
+def test_a_clients_numbers_do_not_depend_on_its_cohort():
+    model = mlp(6, 16, 3)
+    config = Config(batch_size=4, head_epochs=3, body_epochs=1, momentum=0.5)
+    sizes = [9, 4, 17, 2, 11]
+    xs, ys = cohort_data(sizes)
+    full = stacked(model, len(sizes))
+    engine.train_cohort(model, specs.FEDREP.train, full, xs, ys, config, generators(len(sizes)),
+                        engine.VECTORIZED)
+    for c in (0, 2):
+        alone = stacked(model, 1)
+        engine.train_cohort(model, specs.FEDREP.train, alone, [xs[c]], [ys[c]], config,
+                            [torch.Generator().manual_seed(5 + c)], engine.VECTORIZED)
+        for name in alone:
+            assert torch.equal(alone[name][0], full[name][c]), name
+
+
+@pytest.mark.parametrize("strategy", ["fedrep", "fedavg", "fedbabu", "ditto"])
+def test_every_declaration_agrees_with_the_loop(strategy):
+    config = Config(strategy=strategy, batch_size=5, head_epochs=2, local_epochs=2, ditto_lambda=0.5,
+                    lr=0.05, momentum=0.5, weight_decay=1e-3)
+    model = mlp(6, 8, 3)
+    if strategy == "ditto":
+        model = DittoModel(mlp(6, 8, 3), mlp(6, 8, 3))
+        with torch.no_grad():
+            for p in model.personal.parameters():
+                p.add_(0.3)  # start the personal model away from the shared one
+    out = both_paths(model, ALGORITHMS[strategy].client.train, [7, 12, 3], config)
+    (loop, loop_loss), (vec, vec_loss) = out[engine.LOOP], out[engine.VECTORIZED]
+    for name in loop:
+        torch.testing.assert_close(vec[name], loop[name], rtol=0, atol=1e-5)
+    assert np.allclose(vec_loss, loop_loss, rtol=1e-5)
+
+
+def test_evaluation_with_fine_tuning_agrees_with_the_loop_and_keeps_nothing():
+    model = mlp(6, 8, 3)
+    config = Config(finetune_epochs=3, batch_size=4)
+    xs, ys = cohort_data([9, 5])
+    tx, ty = cohort_data([6, 4], seed=1)
+    states = stacked(model, 2)
+    before = {k: v.clone() for k, v in states.items()}
+    results = [engine.evaluate_cohort(model, specs.FEDAVG_FT, states, (xs, ys), (tx, ty), config,
+                                      generators(2), path) for path in (engine.LOOP, engine.VECTORIZED)]
+    assert np.allclose(results[0][0], results[1][0]) and np.allclose(results[0][1], results[1][1], rtol=1e-5)
+    assert all(torch.equal(before[k], states[k]) for k in states)
+    plain = engine.evaluate_cohort(model, ClientSpec(train=()), states, (xs, ys), (tx, ty), config,
+                                   generators(2), engine.LOOP)
+    assert plain[1] != results[0][1]  # fine-tuning changed the evaluated model
+
+
+def test_paths_and_why_a_model_does_not_vectorize():
+    data = load_dataset(Config(dataset="digits"))
+    config = Config()
+    assert engine.paths(build_model(data, 16, 0), specs.FEDAVG_FT, config) == {
+        "train": "vectorized", "finetune": "vectorized"}
+    assert engine.paths(build_model(data, 16, 0), specs.FEDREP, config.replace(vectorize="off")) == {
+        "train": "loop"}
+    bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    assert engine.choose_path(bn, specs.FEDAVG.train, config) == "loop"
+    with pytest.raises(ConfigError, match="vectorize = 'on'.*BatchNorm1d"):
+        engine.choose_path(bn, specs.FEDAVG.train, config.replace(vectorize="on"))
+    lstsq = config.replace(head_solver="lstsq", vectorize="on")
+    with pytest.raises(ConfigError, match="phase 'head' runs its own routine"):
+        engine.choose_path(build_model(data, 16, 0), specs.FEDREP.train, lstsq)
+
+
+def test_a_phase_of_zero_epochs_or_no_parameters_changes_nothing():
+    model = mlp(6, 8, 3)
+    for phase in (Phase("none", "head.", "finetune_epochs"), Phase("nothing", "absent.", "local_epochs")):
+        config = Config(finetune_epochs=0)
+        out = both_paths(model, (phase,), [5, 6], config)
+        base = stacked(model, 2)
+        for states, losses in out.values():
+            assert all(torch.equal(base[k], states[k]) for k in base)
+            assert all(loss != loss for loss in losses)  # nan: no step
+
+
+def inprocess_rows(tmp_path, num_nodes=2, **changes):
+    settings = dict(num_rounds=20, num_clients=20, fraction_train=0.5, head_epochs=5)
+    config = Config(**{**settings, **changes})
+    writer = RunWriter(tmp_path / f"run-{len(list(tmp_path.iterdir()))}", config.to_dict())
+    run_rounds(InProcessGrid(app, num_nodes), config, writer, num_nodes)
+    return [{k: v for k, v in r.items() if k != "round_seconds"} for r in writer.rows]
+
+
+@pytest.mark.parametrize("strategy", ["fedrep", "fedavg", "fedavg-ft", "fedper", "lg-fedavg",
+                                      "fedbabu", "ditto", "local"])
+def test_vectorized_runs_track_the_loop_within_half_a_point(tmp_path, strategy):
+    loop = inprocess_rows(tmp_path, strategy=strategy, vectorize="off")
+    vec = inprocess_rows(tmp_path, strategy=strategy, vectorize="on")
+    gaps = [abs(a["accuracy"] - b["accuracy"]) for a, b in zip(loop, vec)]
+    assert max(gaps) <= 0.005, gaps
+
+
+def test_vectorized_metrics_do_not_depend_on_the_node_count(tmp_path):
+    one = inprocess_rows(tmp_path, num_nodes=1, num_rounds=3, vectorize="on")
+    three = inprocess_rows(tmp_path, num_nodes=3, num_rounds=3, vectorize="on")
+    assert one == three
