@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from clients import vectorized
+from clients.batched import outputs
 from clients.phases import ClientSpec, Phase, submodule
-from clients.routines import evaluate, run_epochs
+from clients.routines import evaluate, run_epochs, scores
 from fedsim.config import Config, ConfigError
 
 LOOP, VECTORIZED = "loop", "vectorized"
@@ -102,17 +103,22 @@ def evaluate_cohort(
     config: Config, generators: list[torch.Generator], path: str,
 ) -> tuple[list[float], list[float]]:
     """(accuracy, loss) of every client on its test data, after ``spec.finetune`` on its
-    training data (on a copy: nothing is kept), with the sub-module ``spec.evaluates``."""
+    training data (on a copy: nothing is kept), with the sub-module ``spec.evaluates``
+    (vectorized: one batched forward over every client's test data)."""
     if spec.finetune:
         states = {k: v.clone() for k, v in states.items()}
         train_cohort(model, spec.finetune, states, *train, config, generators, path)
-    accuracies, losses = [], []
-    for c, (x, y) in enumerate(zip(*test)):
-        _load_row(model, states, c)
-        accuracy, loss = evaluate(submodule(model, spec.evaluates), x, y)
-        accuracies.append(accuracy)
-        losses.append(loss)
-    return accuracies, losses
+    if path == LOOP:
+        results = []
+        for c, (x, y) in enumerate(zip(*test)):
+            _load_row(model, states, c)
+            results.append(evaluate(submodule(model, spec.evaluates), x, y))
+    else:
+        module = submodule(model, spec.evaluates)
+        prefix = f"{spec.evaluates}." if spec.evaluates else ""
+        params = {n[len(prefix):]: states[n] for n in states if n.startswith(prefix)}
+        results = [scores(output, y) for output, y in zip(outputs(module, params, test[0]), test[1])]
+    return [a for a, _ in results], [loss for _, loss in results]
 
 
 def _row(states: dict[str, torch.Tensor], c: int) -> dict[str, torch.Tensor]:

@@ -172,7 +172,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     """(accuracy, mean loss) of ``model`` on ``x, y``; for regression targets the loss is
     the MSE and accuracy is nan."""
     model.eval()
-    output = model(x)
+    return scores(model(x), y)
+
+
+def scores(output: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean loss) of a model's ``output`` for targets ``y`` (nan accuracy
+    for regression)."""
     loss = task_loss(output, y).item()
     if y.is_floating_point():
         return float("nan"), loss

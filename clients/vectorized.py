@@ -1,30 +1,25 @@
 """A declared phase run for a whole cohort at once: every client's parameters stacked
-along a first axis, one batched forward/backward per step (``torch.func.vmap`` over
-``functional_call``), each client with its own shuffling, batches, momentum and number
-of steps.
-
-Measured on this box (MLP 64→128→128→10, batch 11, 50 clients, 1 thread): vmap forward +
-one autograd backward 0.14 ms per client and step, hand-batched ``baddbmm`` 0.13 ms,
-``vmap(grad(...))`` 0.16 ms, one client at a time 0.40 ms. vmap is within 15% of
-hand-written matmuls and works for any buffer-free model (convolutions included), so it
-is the one path.
+along a first axis, one batched forward/backward per step (:mod:`clients.batched`),
+each client with its own shuffling, batches, momentum and number of steps.
 
 Shapes never depend on the cohort: a step's batch is padded to ``batch-size + 1`` (the
-largest batch a client can have), and body features are computed client by client, so
+largest batch a client can have), and body features are computed in fixed-size chunks, so
 a client's numbers do not depend on which clients share its cohort. A client with no
 batch left in a step takes no step at all (no momentum, no weight decay).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
+from clients.batched import forward_of, outputs
 from clients.phases import Phase, submodule
 from fedsim.config import Config
+from fedsim.models import SplitModel
 
 
 def why_not_vectorized(model: nn.Module, phases: tuple[Phase, ...], config: Config) -> str | None:
@@ -63,16 +58,27 @@ def batch_indices(
     count = torch.zeros(len(sizes), longest, dtype=torch.long)
     epoch_start = torch.zeros(len(sizes), longest, dtype=torch.bool)
     for c, ((per_epoch, steps), n, generator) in enumerate(zip(plans, sizes, generators)):
-        for step in range(steps):
-            k = step % per_epoch
-            if k == 0:
-                order = torch.randperm(n, generator=generator)
-                epoch_start[c, step] = True
-            start = k * batch_size
-            batch = order[start:] if k == per_epoch - 1 else order[start:start + batch_size]
-            index[c, step, : len(batch)] = batch
-            count[c, step] = len(batch)
+        if steps == 0:
+            continue
+        passes = math.ceil(steps / per_epoch)
+        orders = torch.stack([torch.randperm(n, generator=generator) for _ in range(passes)])
+        position, valid, counts = _layout(n, per_epoch, batch_size)
+        index[c, :steps] = (orders[:, position] * valid).reshape(-1, width)[:steps]
+        count[c, :steps] = counts.repeat(passes)[:steps]
+        epoch_start[c, :steps:per_epoch] = True
     return index, count, epoch_start
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(n: int, per_epoch: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions in an epoch's order of each batch's samples [per_epoch, batch-size + 1]
+    (padding clamped to a real position), which are real, and each batch's size."""
+    starts = torch.arange(per_epoch) * batch_size
+    ends = starts + batch_size
+    ends[-1] = n  # the last batch takes the rest (a lone last sample included)
+    position = starts.unsqueeze(1) + torch.arange(batch_size + 1)
+    valid = position < ends.unsqueeze(1)
+    return position.clamp(max=n - 1), valid.long(), ends - starts
 
 
 def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -115,7 +121,10 @@ def run_phase(
     params = {n: states[n].detach().requires_grad_(n in trained) for n in names}  # states' storage
     anchors = _anchors(phase, trained, start)
     weight = getattr(config, phase.prox.weight) if phase.prox else 0.0
-    forward = vmap(lambda p, x: functional_call(module, {k[strip:]: v for k, v in p.items()}, (x,)))
+    run = forward_of(module)
+    linear_head = (isinstance(module, nn.Linear) and module.bias is not None and not anchors
+                   and not targets.is_floating_point() and trained == [f"{names[0][:strip]}weight",
+                                                                     f"{names[0][:strip]}bias"])
     buffers = {n: None for n in trained}  # momentum
     rows = torch.arange(clients, device=device).unsqueeze(1)
     width = torch.arange(index.shape[2], device=device)
@@ -125,13 +134,18 @@ def run_phase(
         batch, n = index[:, step], count[:, step]
         active = n > 0
         mask = (width < n.unsqueeze(1)).to(inputs.dtype)
-        output = forward(params, inputs[rows, batch])
-        per_client = (per_sample_loss(output, targets[rows, batch]) * mask).sum(1) / n.clamp(min=1)
-        if anchors:
-            per_client = per_client + weight * (0.5 * sum(
-                ((params[k] - a) ** 2).flatten(1).sum(1) for k, a in anchors.items()))
-        total = (per_client * active).sum()
-        grads = torch.autograd.grad(total, [params[k] for k in trained])
+        x, y = inputs[rows, batch], targets[rows, batch]
+        if linear_head:
+            weight_bias = params[trained[0]], params[trained[1]]
+            per_client, grads = linear_softmax_step(*weight_bias, x, y, mask, n, active)
+        else:
+            output = run({k[strip:]: v for k, v in params.items()}, x)
+            per_client = (per_sample_loss(output, y) * mask).sum(1) / n.clamp(min=1)
+            if anchors:
+                per_client = per_client + weight * (0.5 * sum(
+                    ((params[k] - a) ** 2).flatten(1).sum(1) for k, a in anchors.items()))
+            total = (per_client * active).sum()
+            grads = torch.autograd.grad(total, [params[k] for k in trained])
         with torch.no_grad():
             _sgd_step([params[k] for k in trained], grads, buffers, trained, active, config)
             fresh = epoch_start[:, step]
@@ -140,18 +154,32 @@ def run_phase(
     return torch.where(seen > 0, loss_sum / seen.clamp(min=1), float("nan")).cpu()
 
 
+def linear_softmax_step(
+    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+    n: torch.Tensor, active: torch.Tensor,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-client mean cross-entropy of a linear layer (``weight`` [C, K, D], ``bias``
+    [C, K]) on ``x`` [C, B, D] and its exact gradients, (softmax − one-hot)ᵀx / n, without
+    autograd: a head step on cached features is a few small matmuls, and autograd's
+    bookkeeping cost more than the maths."""
+    with torch.no_grad():
+        log_p = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)).log_softmax(-1)
+        nll = -log_p.gather(2, y.unsqueeze(2)).squeeze(2)
+        scale = (mask * (active / n.clamp(min=1)).unsqueeze(1)).unsqueeze(2)
+        delta = log_p.exp()
+        delta.scatter_add_(2, y.unsqueeze(2), torch.full_like(nll, -1.0).unsqueeze(2))
+        delta = delta * scale
+        return (nll * mask).sum(1) / n.clamp(min=1), (torch.bmm(delta.transpose(1, 2), x), delta.sum(1))
+
+
 def _forward_inputs(model, phase, states, names, xs):
     """The module each step runs, the length of its parameters' name prefix, their names
-    and the stacked inputs. A phase
-    that trains only a SplitModel's head runs the frozen body once per client and phase
-    (exact: vectorized models have no BatchNorm or dropout) and steps on its features."""
-    if phase.forward == "" and phase.trains == "head." and hasattr(model, "body"):
-        body = [n for n in states if n.startswith("body.") and n in dict(model.named_parameters())]
-        with torch.no_grad():
-            features = [
-                functional_call(model.body, {n[5:]: states[n][c] for n in body}, (x,))
-                for c, x in enumerate(xs)
-            ]
+    and the stacked inputs. A phase that trains only a SplitModel's head runs the frozen
+    body once per client and phase (exact: vectorized models have no BatchNorm or
+    dropout) and steps on its features."""
+    if phase.forward == "" and phase.trains == "head." and isinstance(model, SplitModel):
+        body = {n[len("body."):]: states[n] for n, _ in model.body.named_parameters(prefix="body")}
+        features = outputs(model.body, body, xs)
         return model.head, len("head."), [n for n in names if n.startswith("head.")], pad_stack(features)
     strip = len(phase.forward) + 1 if phase.forward else 0
     return submodule(model, phase.forward), strip, names, pad_stack(xs)
@@ -166,15 +194,28 @@ def _anchors(phase: Phase, trained: list[str], start: dict[str, torch.Tensor]) -
 
 def _sgd_step(params, grads, buffers, names, active, config: Config) -> None:
     """``clients.routines.SGDStep`` on stacked parameters, applied only where ``active``:
-    the same operations in the same order as the one-client step."""
+    the same operations in the same order as the one-client step (fused ``_foreach``
+    calls while every client takes the step, masked updates once some have finished)."""
+    first = buffers[names[0]] is None
+    if bool(active.all()):  # the gradients are fresh tensors of this step: updated in place
+        update = list(grads)
+        if config.weight_decay:
+            torch._foreach_add_(update, params, alpha=config.weight_decay)
+        if config.momentum:
+            if not first:
+                held = [buffers[n] for n in names]
+                torch._foreach_mul_(held, config.momentum)
+                torch._foreach_add_(held, update)
+                update = held
+            buffers.update(zip(names, update))
+        torch._foreach_add_(params, update, alpha=-config.lr)
+        return
     for p, g, name in zip(params, grads, names):
         keep = active.view(-1, *([1] * (p.dim() - 1)))
         update = torch.add(g, p, alpha=config.weight_decay) if config.weight_decay else g
         if config.momentum:
             old = buffers[name]
-            if old is None:
-                buffers[name] = update.clone()
-            else:
-                buffers[name] = torch.where(keep, old * config.momentum + update, old)
+            buffers[name] = (update.clone() if old is None
+                             else torch.where(keep, old * config.momentum + update, old))
             update = buffers[name]
         p.copy_(torch.where(keep, torch.add(p, update, alpha=-config.lr), p))

@@ -1,0 +1,91 @@
+"""A module run for many clients at once, each with its own parameters (stacked along a
+first axis): hand-batched matmuls for the layers small models are made of, else
+``torch.func.vmap`` over ``functional_call``.
+
+Measured on this box (MLP 64→128→128→10, batch 11, 50 clients, forward + backward, 1
+thread): ``baddbmm`` 0.125 ms per client and step, vmap 0.143 ms, ``vmap(grad(...))``
+0.158 ms, one client at a time 0.40 ms; for a lone linear head vmap's per-call overhead
+(~0.3 ms) is most of a step. Both run each client's matrices separately, with shapes that
+do not depend on how many clients share the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from fedsim.models import SplitModel
+
+Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+CHUNK = 16  # rows per matmul when a client's whole data set runs through a module
+
+
+def hand_batched(module: nn.Module) -> bool:
+    """Whether :func:`batched_forward` can run ``module`` with hand-written batched ops."""
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim == -1
+    if isinstance(module, (nn.Linear, nn.ReLU, nn.Identity)):
+        return True
+    if isinstance(module, (nn.Sequential, SplitModel)):
+        return all(hand_batched(child) for child in module.children())
+    return False
+
+
+def batched_forward(module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``module(x[c])`` with parameters ``params[name][c]`` for every client c at once;
+    ``x`` is [C, B, ...], names are relative to ``module``."""
+    return _apply(module, "", params, x)
+
+
+def _apply(module: nn.Module, prefix: str, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        weight = params[f"{prefix}weight"].transpose(1, 2)
+        bias = params.get(f"{prefix}bias")
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    if isinstance(module, nn.ReLU):
+        return torch.relu(x)
+    if isinstance(module, nn.Flatten):
+        return x.flatten(2)
+    if isinstance(module, nn.Identity):
+        return x
+    for name, child in module.named_children():  # Sequential, SplitModel (body, then head)
+        x = _apply(child, f"{prefix}{name}.", params, x)
+    return x
+
+
+def forward_of(module: nn.Module) -> Forward:
+    """``f(params, x)`` running ``module`` for every client of a cohort."""
+    if hand_batched(module):
+        return lambda params, x: batched_forward(module, params, x)
+    return vmap(lambda params, x: functional_call(module, params, (x,)))
+
+
+@torch.no_grad()
+def outputs(module: nn.Module, params: dict[str, torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``module(xs[c])`` with client c's parameters, for every client: the data cut into
+    chunks of ``CHUNK`` rows (the last one padded), so every matmul has the same shape
+    whatever the cohort and a client's outputs do not depend on its neighbours."""
+    if not hand_batched(module):
+        return [functional_call(module, {k: v[c] for k, v in params.items()}, (x,)) for c, x in enumerate(xs)]
+    owner, pieces = [], []
+    for c, x in enumerate(xs):
+        for start in range(0, len(x), CHUNK):
+            piece = x[start:start + CHUNK]
+            if len(piece) < CHUNK:
+                piece = torch.cat([piece, piece.new_zeros((CHUNK - len(piece), *piece.shape[1:]))])
+            pieces.append(piece)
+            owner.append(c)
+    if not pieces:
+        return [x.new_zeros((0,)) for x in xs]
+    index = torch.tensor(owner, device=xs[0].device)
+    out = batched_forward(module, {k: v[index] for k, v in params.items()}, torch.stack(pieces))
+    flat = out.flatten(0, 1)
+    results, row = [], 0
+    for x in xs:
+        chunks = -(-len(x) // CHUNK)
+        results.append(flat[row * CHUNK: row * CHUNK + len(x)])
+        row += chunks
+    return results
