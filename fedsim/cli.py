@@ -1,12 +1,15 @@
-"""``fedsim run`` and ``fedsim plot``."""
+"""``fedsim run``, ``resume``, ``split``, ``plot`` and ``compare``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fedsim.config import Config, ConfigError, load_config
+from fedsim.config import ConfigError
 from fedsim.data import DataError
+
+COMPARE_STRATEGIES = "fedrep,fedper,lg-fedavg,fedbabu,ditto,local,fedavg-ft,fedavg"
+COMPARE_SEEDS = "0,1,2"
 
 
 def int_list(text: str) -> list[int]:
@@ -20,25 +23,37 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="fedsim", description="Federated personalized learning on Flower + Ray."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser(
-        "run", help="run a simulation", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys and defaults:\n" + "\n".join(
-            f"  {k} = {v!r}" for k, v in Config().to_dict().items()
-        ),
-    )
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only to show the help (the
+    config keys' help reads the registries, which import torch)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _config_help() -> str:
+    from fedsim.validate import help_text
+
+    return help_text()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedsim`` command line."""
+    parser = _Parser(prog="fedsim", description="Federated personalized learning on Flower + Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    raw = argparse.RawDescriptionHelpFormatter
+    set_help = "override one config key (repeatable; keys and values: fedsim run --help)"
+    run_p = sub.add_parser("run", help="run a simulation", formatter_class=raw, epilog=_config_help)
     run_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
     run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key (repeatable)")
+                       help="override one config key (repeatable; the keys are listed below)")
     run_p.add_argument("--out", help="run directory (default: runs/<strategy>-<dataset>-<time>)")
     run_p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     split_p = sub.add_parser("split", help="picture of a config's client split (no training)")
     split_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
-    split_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    split_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     split_p.add_argument("-o", "--output", default="split.png", help="PNG file to write")
     resume_p = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume_p.add_argument("run_dir", metavar="RUN_DIR")
@@ -48,14 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     plot_p.add_argument("-o", "--output", default="accuracy.png", help="PNG file to write")
     plot_p.add_argument("--label", action="append", default=[],
                         help="config key(s) for legend labels (default: keys that differ)")
-    cmp_p = sub.add_parser("compare", help="strategies x seeds on one config: table + plot")
+    cmp_p = sub.add_parser("compare", help="strategies x seeds on one config: table + plot",
+                           formatter_class=argparse.RawTextHelpFormatter)  # unbroken names
     cmp_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
-    cmp_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    cmp_p.add_argument("--strategies", default="fedrep,fedper,lg-fedavg,fedbabu,ditto,local,"
-                       "fedavg-ft,fedavg", help="comma-separated (default: all eight)")
-    cmp_p.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated integers")
+    cmp_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=set_help.replace("; ", ";\n"))
+    cmp_p.add_argument("--strategies", default=COMPARE_STRATEGIES,
+                       help="comma-separated (default:\n%(default)s)")
+    cmp_p.add_argument("--seeds", type=int_list, default=COMPARE_SEEDS,
+                       help=f"comma-separated integers (default: {COMPARE_SEEDS})")
     cmp_p.add_argument("--out", required=True, help="directory for runs/, table.md, curves.png")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``fedsim`` command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
@@ -65,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return _resume(args)
         if args.command == "split":
             from fedsim.plot import plot_split
+            from fedsim.validate import load_config
 
             print(f"wrote {plot_split(load_config(args.config, args.set), args.output)}")
             return 0
@@ -113,6 +137,7 @@ def _report(summary: dict, out: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from fedsim.simulation import RunFailed, default_out_dir, run
+    from fedsim.validate import load_config
 
     config = load_config(args.config, args.set)
     out = args.out or str(default_out_dir(config))

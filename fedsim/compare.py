@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import load_config
 from fedsim.history import read_run
 from fedsim.plot import save_figure
 
@@ -19,6 +18,7 @@ def compare(
     """Run every (strategy, seed) into ``out/runs/<strategy>-seed<seed>`` (skipping runs
     already completed there), then write ``out/table.md`` and ``out/curves.png``."""
     from fedsim.simulation import run_once
+    from fedsim.validate import load_config
 
     out = Path(out)
     configs = {

@@ -1,9 +1,14 @@
 """Run configuration: typed scalars with defaults in one place, flat kebab-case keys.
 
 A config comes from defaults, then an optional TOML file, then ``--set key=value``
-overrides. Every key is checked (known name, right type, allowed range) before any
-Ray or Flower machinery starts, and errors name the key, the bad value and what is
-allowed.
+overrides. Every key is declared once here with its default, a one-line meaning and,
+for choice keys, the allowed values; ``fedsim run --help``, the README's table and the
+error messages all read them from here.
+
+This module is a leaf: it imports nothing from fedsim, clients or strategies. Keys whose
+values come from a registry (strategy, dataset, partitioner, model) are checked, with the
+registries and plugins loaded, by :mod:`fedsim.validate`, which also holds the full
+loaders (``load_config``, ``config_from_dict``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+REGISTRY = "registry"
+"""``choices`` of a key whose allowed values are a registry's names (read when needed)."""
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or out of range."""
+
+
+def _key(default: Any, meaning: str, choices: tuple[str, ...] | str | None = None) -> Any:
+    """A config field: its default, a one-line meaning and, for a choice key, the allowed
+    values (a tuple, or ``REGISTRY``)."""
+    return dataclasses.field(default=default, metadata={"help": meaning, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -27,69 +41,106 @@ class Config:
     """Everything a run depends on. Field ``foo_bar`` is the config key ``foo-bar``."""
 
     # what to run
-    strategy: str = "fedrep"
-    dataset: str = "digits"
-    data_root: str = ""  # directory of a dataset's files (mnist, cifar*, femnist, digit5)
-    download: bool = False  # fetch mnist / fashion-mnist / cifar* with torchvision into data-root
-    synth_per_class: int = 100  # digit5-synth: training images per class and domain
-    partitioner: str = "shards"
-    split_file: str = ""  # JSON client -> indices, used by partitioner "file"
-    num_clients: int = 20
-    classes_per_client: int = 2
-    dirichlet_alpha: float = 0.5
-    size_sigma: float = 1.0  # partitioner "size": spread of log client sizes
-    test_fraction: float = 0.25
-    seed: int = 0
+    strategy: str = _key("fedrep", "the federated algorithm", REGISTRY)
+    dataset: str = _key("digits", "the data set", REGISTRY)
+    data_root: str = _key("", "directory of the dataset's files (mnist, cifar10/100, femnist, digit5)")
+    download: bool = _key(False, "fetch mnist / fashion-mnist / cifar with torchvision into data-root "
+                                 "(never implicit)")
+    synth_per_class: int = _key(100, "digit5-synth: training images per class and domain")
+    partitioner: str = _key(
+        "shards", "how the training pool is split among clients (shards: classes-per-client classes "
+        "each; dirichlet: label skew, dirichlet-alpha; size: lognormal sizes, size-sigma; domain: client "
+        "i holds domain i mod D; file: split-file; natural: the dataset's own clients; or a registered "
+        "name)", REGISTRY)
+    split_file: str = _key("", "JSON file client -> indices, for partitioner = file")
+    num_clients: int = _key(20, "number of logical clients")
+    classes_per_client: int = _key(2, "partitioner shards: classes each client holds")
+    dirichlet_alpha: float = _key(0.5, "partitioner dirichlet: concentration (smaller = more skew)")
+    size_sigma: float = _key(1.0, "partitioner size: spread of the log client sizes")
+    test_fraction: float = _key(0.25, "share of each class held out as the test pool")
+    seed: int = _key(0, "seeds the split, model init, client sampling and shuffling")
     # synthetic linear data (dataset = "linear-regression")
-    linear_dim: int = 20
-    linear_rank: int = 2
-    samples_per_client: int = 10
-    noise_std: float = 1e-3
-    plugins: str = ""  # comma-separated modules or .py files that register splits/datasets
+    linear_dim: int = _key(20, "linear-regression: input dimension d")
+    linear_rank: int = _key(2, "linear-regression: rank k of the shared representation")
+    samples_per_client: int = _key(10, "linear-regression: training samples m per client")
+    noise_std: float = _key(1e-3, "linear-regression: standard deviation of the label noise")
+    plugins: str = _key("", "comma-separated modules or .py files imported first (they register "
+                            "partitioners, datasets)")
     # rounds and sampling
-    num_rounds: int = 100
-    fraction_train: float = 0.1
-    fraction_evaluate: float = 1.0
-    eval_every: int = 1
+    num_rounds: int = _key(100, "communication rounds")
+    fraction_train: float = _key(0.1, "share of clients sampled to train each round (seeded by seed, round)")
+    fraction_evaluate: float = _key(1.0, "share of clients evaluated in an evaluation round")
+    eval_every: int = _key(1, "evaluate every N rounds (and always the last)")
     # local training (FedRep's official recipe)
-    head_epochs: int = 10
-    body_epochs: int = 1
-    local_epochs: int = 1  # FedAvg: as FedRep-lineage scripts run it, = FedRep body epochs
-    finetune_epochs: int = 10  # FedAvg-FT / FedBABU head fine-tuning before evaluation
-    ditto_lambda: float = 0.1
-    lr: float = 0.01
-    momentum: float = 0.5
-    weight_decay: float = 1e-4
-    batch_size: int = 10
-    model: str = "auto"  # auto (the dataset's choice), mlp, cnn28, cnn32
-    hidden_dim: int = 128
-    head_solver: str = "sgd"  # "lstsq": FedRep heads solved exactly (linear head, regression)
-    body_qr: bool = False  # FedRep: re-orthonormalise the averaged linear body (QR)
+    head_epochs: int = _key(10, "FedRep: local epochs on the head (body frozen)")
+    body_epochs: int = _key(1, "FedRep: local epochs on the body after the head (head frozen)")
+    local_epochs: int = _key(1, "local epochs of the whole-model methods (FedAvg, FedPer, LG-FedAvg, "
+                                "Local, Ditto) and of FedBABU's body")
+    finetune_epochs: int = _key(10, "FedAvg-FT / FedBABU: head fine-tuning epochs before evaluation")
+    ditto_lambda: float = _key(0.1, "Ditto: weight of the proximal term pulling the personal model "
+                                    "to the global one")
+    fedprox_mu: float = _key(0.01, "FedProx: weight mu of the proximal term mu/2 |w - w_t|^2 pulling the "
+                                   "local model to the received one (0 = FedAvg)")
+    pfedme_lambda: float = _key(15.0, "pFedMe: weight lambda of lambda/2 |theta - w|^2 tying the personal "
+                                      "model theta to the local model w")
+    pfedme_k: int = _key(5, "pFedMe: gradient steps K on the personal model per mini-batch")
+    pfedme_lr: float = _key(0.01, "pFedMe: learning rate of the personal model's K steps (lr moves w)")
+    pfedme_beta: float = _key(1.0, "pFedMe: server mixing w <- (1 - beta) w + beta * average (1 = plain "
+                                   "average)")
+    perfedavg_alpha: float = _key(0.01, "Per-FedAvg: step size alpha of the one-step adaptation (MAML's "
+                                        "inner step, also before evaluation)")
+    perfedavg_beta: float = _key(0.001, "Per-FedAvg: meta step size beta of the local updates")
+    perfedavg_variant: str = _key("fo", "Per-FedAvg: fo = first-order, hf = Hessian-free (Hessian-vector "
+                                        "product on a third batch)", ("fo", "hf"))
+    apfl_alpha: float = _key(0.5, "APFL: weight alpha of the personal model in the mixture (its start "
+                                  "value when adaptive)")
+    apfl_adaptive: bool = _key(True, "APFL: learn each client's alpha by gradient descent")
+    fedala_eta: float = _key(1.0, "FedALA: learning rate of the adaptive aggregation weights")
+    fedala_layers: int = _key(1, "FedALA: top layers aggregated adaptively (the lower ones take the "
+                                 "received model)")
+    fedala_sample: float = _key(0.8, "FedALA: share of the local training data the weights learn on")
+    fedproto_lambda: float = _key(1.0, "FedProto: weight lambda of the distance to the global prototypes")
+    lr: float = _key(0.01, "local SGD learning rate")
+    momentum: float = _key(0.5, "local SGD momentum")
+    weight_decay: float = _key(1e-4, "local SGD weight decay")
+    batch_size: int = _key(10, "local SGD batch size")
+    model: str = _key("auto", "client model: auto picks by input shape (cnn28 for 28x28, cnn32 for "
+                              "32x32 colour, else mlp)", REGISTRY)
+    hidden_dim: int = _key(128, "width of the MLP body (two ReLU layers; the head is the last linear layer)")
+    head_solver: str = _key("sgd", "FedRep heads: sgd, or lstsq = solved exactly by least squares "
+                                   "(linear head, regression)", ("sgd", "lstsq"))
+    body_qr: bool = _key(False, "FedRep: re-orthonormalise the averaged linear body (QR)")
     # KD3A and multi-domain runs
-    target_domain: str = ""  # domain held, unlabeled, by the last client (partitioner "domain")
-    kd3a_gate_start: float = 0.9  # knowledge-vote confidence gate, rising linearly over rounds
-    kd3a_gate_end: float = 0.95
-    kd3a_rounds_per_epoch: float = 1.0  # r: aggregate every 1/r local epochs (r < 1) or r times per epoch
-    kd3a_exact_up_to: int = 6  # exact Shapley consensus focus up to this many sources, sampled beyond
-    kd3a_permutations: int = 64  # Monte-Carlo permutations of the sampled consensus focus
-    kd3a_ema: float = 0.8  # weight of the previous consensus focus in its moving average
-    kd3a_mixup: float = 0.2  # Beta(α, α) mixup of target samples (0 = off)
-    kd3a_bn: bool = True  # aggregate BatchNorm running statistics with the weights
-    malicious_sources: str = ""  # comma-separated source clients to corrupt
-    malicious_mode: str = "shift"  # shift: labels + 1 mod C; noise: images replaced by noise
+    target_domain: str = _key("", "domain held, unlabeled, by the last client (needs partitioner = domain)")
+    kd3a_gate_start: float = _key(0.9, "KD3A: knowledge-vote confidence gate at the first round")
+    kd3a_gate_end: float = _key(0.95, "KD3A: the gate at the last round (it rises linearly)")
+    kd3a_rounds_per_epoch: float = _key(1.0, "KD3A: aggregate every 1/r local epochs (r < 1) or r times "
+                                             "per epoch")
+    kd3a_exact_up_to: int = _key(6, "KD3A: exact Shapley consensus focus up to this many sources, "
+                                    "sampled beyond")
+    kd3a_permutations: int = _key(64, "KD3A: Monte-Carlo permutations of the sampled consensus focus")
+    kd3a_ema: float = _key(0.8, "KD3A: weight of the previous consensus focus in its moving average")
+    kd3a_mixup: float = _key(0.2, "KD3A: Beta(a, a) mixup of target samples (0 = off)")
+    kd3a_bn: bool = _key(True, "KD3A: aggregate BatchNorm running statistics with the domain weights")
+    malicious_sources: str = _key("", "comma-separated source clients to corrupt")
+    malicious_mode: str = _key("shift", "how malicious sources are corrupted: shift = labels + 1, "
+                                        "noise = images replaced by noise", ("shift", "noise"))
     # reliability
-    checkpoint_every: int = 0  # rounds between checkpoints in the run directory; 0 = off
-    client_dropout: float = 0.0  # probability that a sampled client does not answer
-    client_crash: float = 0.0  # probability that a sampled client raises
-    max_failures: int = 0  # failed clients tolerated per round; beyond it the run stops
+    checkpoint_every: int = _key(0, "write checkpoint.npz every N rounds (0 = off); see fedsim resume")
+    client_dropout: float = _key(0.0, "probability that a sampled client does not answer (seeded)")
+    client_crash: float = _key(0.0, "probability that a sampled client raises (seeded)")
+    max_failures: int = _key(0, "failed clients tolerated per round; beyond it the run stops naming them")
     # execution
-    client_num_cpus: float = 1.0
-    client_num_gpus: float = 0.0
-    num_nodes: int = 0  # simulated nodes; 0 = one per actor (logical clients share them)
-    ray_address: str = ""
-    round_timeout: float = 600.0
-    verbose: bool = False
-    vectorize: str = "auto"  # auto: a cohort trains at once where supported; on: must; off: client by client
+    client_num_cpus: float = _key(1.0, "CPUs per Ray actor (fractions allowed)")
+    client_num_gpus: float = _key(0.0, "GPUs per Ray actor (fractions allowed, e.g. 0.25)")
+    num_nodes: int = _key(0, "simulated Flower nodes; 0 = one per actor that fits (clients are packed "
+                             "onto them)")
+    ray_address: str = _key("", "attach to a running Ray cluster HOST:PORT (RAY_ADDRESS also works)")
+    round_timeout: float = _key(600.0, "seconds to wait for the replies of a round")
+    verbose: bool = _key(False, "show Flower and Ray logs")
+    vectorize: str = _key("auto", "whether a node's cohort of clients trains at once (vectorized): auto "
+                                  "= where supported, on = required, off = client by client",
+                          ("auto", "on", "off"))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a kebab-case dict (what ``config.json`` holds)."""
@@ -112,26 +163,20 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (snake_case names), validated."""
+        """A copy with some fields changed (snake_case names), its values checked
+        (:meth:`check`; registry names are checked by ``fedsim.validate.validate``)."""
         new = dataclasses.replace(self, **changes)
-        new.validate()
+        new.check()
         return new
 
-    def validate(self) -> None:
-        """Raise ConfigError naming the first value outside its allowed range."""
-        import fedsim.datasets  # noqa: F401 - registers the real datasets
-        from fedsim.data import DATASETS, PARTITIONERS
-        from fedsim.models import MODELS
-        from strategies.registry import ALGORITHMS
-
-        load_plugins(self.plugins)
-        _choice("strategy", self.strategy, ALGORITHMS)
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("partitioner", self.partitioner, PARTITIONERS)
-        _choice("head_solver", self.head_solver, {"sgd": None, "lstsq": None})
-        _choice("model", self.model, dict.fromkeys(MODELS))
-        _choice("malicious_mode", self.malicious_mode, {"shift": None, "noise": None})
-        _choice("vectorize", self.vectorize, {"auto": None, "on": None, "off": None})
+    def check(self) -> None:
+        """Raise ConfigError naming the first value outside its allowed range, or a fixed
+        choice key (``choices`` a tuple) set to a value not in it. Registry names and
+        plugins need :func:`fedsim.validate.validate`, which calls this."""
+        for f in fields(self):
+            allowed = f.metadata["choices"]
+            if isinstance(allowed, tuple):
+                check_choice(key_of(f.name), getattr(self, f.name), allowed)
         for name in ("kd3a_gate_start", "kd3a_gate_end", "kd3a_ema"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -187,33 +232,18 @@ class Config:
             raise ConfigError(f"weight-decay = {self.weight_decay}: must be >= 0")
         if self.client_num_gpus < 0:
             raise ConfigError(f"client-num-gpus = {self.client_num_gpus}: must be >= 0")
-
-
-def load_plugins(spec: str) -> None:
-    """Import each comma-separated module name or ``.py`` path once (they register
-    partitioners, datasets or algorithms). Runs in the driver and in every Ray actor."""
-    import importlib
-    import importlib.util
-    import sys
-
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name = Path(item).stem if item.endswith(".py") else item
-        if name in sys.modules:
-            continue
-        try:
-            if item.endswith(".py"):
-                file = Path(item).resolve()
-                loader_spec = importlib.util.spec_from_file_location(name, file)
-                if loader_spec is None or not file.is_file():
-                    raise ImportError(f"no such file {str(file)!r}")
-                module = importlib.util.module_from_spec(loader_spec)
-                sys.modules[name] = module
-                loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
-            else:
-                importlib.import_module(name)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise ConfigError(f"plugins: cannot import {item!r}: {exc}") from exc
+        for name in ("fedprox_mu", "fedproto_lambda"):  # the personalized baselines (issue 17)
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key_of(name)} = {getattr(self, name)}: must be >= 0")
+        for name in ("pfedme_lambda", "pfedme_lr", "pfedme_beta", "perfedavg_alpha", "perfedavg_beta",
+                     "fedala_eta"):
+            _positive(name, getattr(self, name))
+        _at_least("pfedme_k", self.pfedme_k, 1)
+        _at_least("fedala_layers", self.fedala_layers, 1)
+        if not 0.0 <= self.apfl_alpha <= 1.0:
+            raise ConfigError(f"apfl-alpha = {self.apfl_alpha}: must be in [0, 1]")
+        if not 0.0 < self.fedala_sample <= 1.0:
+            raise ConfigError(f"fedala-sample = {self.fedala_sample}: must be in (0, 1]")
 
 
 def flwr_config_section() -> str:
@@ -222,9 +252,13 @@ def flwr_config_section() -> str:
     ``python -c "from fedsim.config import flwr_config_section as f; print(f())"``."""
     lines = ["[tool.flwr.app.config]  # every fedsim config key; `fedsim run` ignores this section"]
     for key, value in Config().to_dict().items():
-        text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
-        lines.append(f"{key} = {text}")
+        lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML writes it (``true``, ``0.5``, ``"fedrep"``)."""
+    return str(value).lower() if isinstance(value, bool) else json.dumps(value)
 
 
 def key_of(field_name: str) -> str:
@@ -236,8 +270,20 @@ _FIELDS = {key_of(f.name): f for f in fields(Config)}
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file at ``path``, then ``key=value`` overrides; validated."""
+def meaning(key: str) -> str:
+    """The one-line meaning of config key ``key``."""
+    return _FIELDS[key].metadata["help"]
+
+
+def declared_choices(key: str) -> tuple[str, ...] | str | None:
+    """The allowed values of ``key`` as declared: a tuple, ``REGISTRY`` or None (any value
+    of its type). ``fedsim.validate.choices`` resolves ``REGISTRY``."""
+    return _FIELDS[key].metadata["choices"]
+
+
+def read_values(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The keys set by the TOML file at ``path``, then by ``key=value`` overrides, as
+    typed values by field name (defaults not filled in, nothing checked against ranges)."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -257,21 +303,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: expected key=value")
         name = _field_name(key)
         values[name] = _typed(key, _parse_text(key, text.strip()))
-    from fedsim.data import DATASET_DEFAULTS
-
-    dataset = values.get("dataset", Config.dataset)
-    for name, value in DATASET_DEFAULTS.get(dataset, {}).items():
-        values.setdefault(name, value)
-    config = Config(**values)
-    config.validate()
-    return config
+    return values
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config from its ``to_dict()`` form (config.json, Flower run_config)."""
-    config = Config(**{_field_name(k): _typed(k, v) for k, v in data.items()})
-    config.validate()
-    return config
+def typed_values(data: dict[str, Any]) -> dict[str, Any]:
+    """A config's ``to_dict()`` form (config.json, Flower's run_config) as typed values
+    by field name."""
+    return {_field_name(k): _typed(k, v) for k, v in data.items()}
 
 
 def _field_name(key: str) -> str:
@@ -310,11 +348,12 @@ def _typed(key: str, value: Any) -> Any:
     return value
 
 
-def _choice(name: str, value: str, table: dict[str, Any]) -> None:
-    if value not in table:
-        hint = difflib.get_close_matches(value, list(table), n=1)
+def check_choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``allowed``, with a "did you mean"."""
+    if value not in allowed:
+        hint = difflib.get_close_matches(value, list(allowed), n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"{name} = {value!r} is unknown{extra} (choose from: {', '.join(table)})")
+        raise ConfigError(f"{key} = {value!r} is unknown{extra} (choose from: {', '.join(allowed)})")
 
 
 def _at_least(name: str, value: int, low: int) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.config import config_from_dict
 from fedsim.history import RunWriter
 from fedsim.server import run_rounds
+from fedsim.validate import config_from_dict
 
 server_app = ServerApp()
 

@@ -16,6 +16,7 @@ from typing import Any
 from fedsim.config import Config, ConfigError
 from fedsim.data import client_splits
 from fedsim.history import RunWriter
+from fedsim.validate import config_from_dict, validate
 
 
 class RunFailed(RuntimeError):
@@ -60,7 +61,6 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Continue a run from its last checkpoint (after a crash or a kill). The rows after
     the checkpoint are recomputed, so metrics.jsonl ends as an uninterrupted run's."""
     from fedsim.checkpoint import load_checkpoint
-    from fedsim.config import config_from_dict
     from fedsim.history import read_run
 
     config = config_from_dict(read_run(run_dir)[0])
@@ -69,7 +69,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 
 
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
-    config.validate()
+    validate(config)
     client_splits(config)  # a bad split fails here, before Ray starts
     _check_local_resources(config)
     writer = RunWriter(out, config.to_dict(), checkpoint.round if checkpoint else None)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import Config, ConfigError, config_from_dict, flwr_config_section, load_config
+from fedsim.config import Config, ConfigError, flwr_config_section
+from fedsim.validate import config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from fedsim.config import ConfigError, load_config
+from fedsim.config import ConfigError
 from fedsim.data import DataError, load_dataset, make_split, match_test_split, shards
+from fedsim.validate import load_config
 
 
 def split_of(*overrides):

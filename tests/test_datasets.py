@@ -10,9 +10,9 @@ import types
 import numpy as np
 import pytest
 
-from fedsim.config import load_config
 from fedsim.data import DataError, load_dataset, make_split, register_flwr_partitioner
 from fedsim.models import build_model
+from fedsim.validate import load_config
 
 
 def write_idx(path, array, magic):

@@ -7,11 +7,11 @@ from inprocess import InProcessGrid
 
 from clients.app import app
 from clients.routines import solve_head
-from fedsim.config import load_config
 from fedsim.data import DataError, load_dataset, make_split
 from fedsim.history import RunWriter
 from fedsim.models import build_model
 from fedsim.server import run_rounds
+from fedsim.validate import load_config
 from strategies.aggregate import orthonormal_columns, principal_angle_distance
 
 E = np.eye(3)

@@ -1,0 +1,132 @@
+"""Config checks that need the registries, and the loaders that apply them.
+
+:mod:`fedsim.config` is a leaf (types, ranges, fixed choices). The names ``strategy``,
+``dataset``, ``partitioner`` and ``model`` may take live in registries above it, which
+plugins extend, so they are read here, when a config is checked or the help is shown.
+Everything that turns text into a Config for a run comes through here: ``load_config``
+(defaults, TOML file, ``--set``, dataset defaults), ``config_from_dict`` (config.json,
+Flower's run config, every Ray actor) and ``validate``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import textwrap
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import fedsim.datasets  # noqa: F401 - registers the real datasets
+from fedsim.algorithms import ALGORITHMS  # the strategy table; imported here and nowhere else
+from fedsim.config import (
+    REGISTRY,
+    Config,
+    ConfigError,
+    check_choice,
+    declared_choices,
+    key_of,
+    meaning,
+    read_values,
+    toml_value,
+    typed_values,
+)
+from fedsim.data import DATASET_DEFAULTS, DATASETS, PARTITIONERS
+from fedsim.models import MODELS
+
+REGISTRIES: dict[str, Any] = {
+    "strategy": ALGORITHMS, "dataset": DATASETS, "partitioner": PARTITIONERS, "model": MODELS,
+}
+"""Config key -> the registry whose names it may take (read live: plugins add names)."""
+
+
+def choices(key: str) -> list[str] | None:
+    """The values config key ``key`` allows now (registry names included), or None when
+    any value of its type is allowed."""
+    declared = declared_choices(key)
+    if declared == REGISTRY:
+        return list(REGISTRIES[key])
+    return list(declared) if declared else None
+
+
+def validate(config: Config) -> None:
+    """The full check: import ``plugins``, check the registry keys against their
+    registries, then every value (:meth:`Config.check`). Raises ConfigError."""
+    load_plugins(config.plugins)
+    for key in REGISTRIES:
+        check_choice(key, getattr(config, key), choices(key))
+    config.check()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the dataset's defaults (``DATASET_DEFAULTS``) for keys left unset,
+    then the TOML file at ``path``, then ``key=value`` overrides; validated."""
+    values = read_values(path, overrides)
+    load_plugins(values.get("plugins", ""))  # a plugin may register the dataset and its defaults
+    dataset = values.get("dataset", Config.dataset)
+    for name, value in DATASET_DEFAULTS.get(dataset, {}).items():
+        values.setdefault(name, value)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config from its ``to_dict()`` form (config.json, Flower's run config);
+    validated, which also imports its plugins (so every Ray actor has them)."""
+    config = Config(**typed_values(data))
+    validate(config)
+    return config
+
+
+def load_plugins(spec: str) -> None:
+    """Import each comma-separated module name or ``.py`` path once (they register
+    partitioners, datasets or algorithms). Runs in the driver and in every Ray actor."""
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name = Path(item).stem if item.endswith(".py") else item
+        if name in sys.modules:
+            continue
+        try:
+            if item.endswith(".py"):
+                file = Path(item).resolve()
+                loader_spec = importlib.util.spec_from_file_location(name, file)
+                if loader_spec is None or not file.is_file():
+                    raise ImportError(f"no such file {str(file)!r}")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[name] = module
+                loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
+            else:
+                importlib.import_module(name)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ConfigError(f"plugins: cannot import {item!r}: {exc}") from exc
+
+
+def describe(key: str, quote: str = "") -> str:
+    """``key``'s meaning and, for a choice key, its allowed values (each in ``quote``)."""
+    allowed = choices(key)
+    if not allowed:
+        return meaning(key)
+    return f"{meaning(key)}; one of: {', '.join(f'{quote}{v}{quote}' for v in allowed)}"
+
+
+def help_text(width: int = 100) -> str:
+    """Every config key with its default, meaning and allowed values (``fedsim run --help``)."""
+    lines = ["config keys (in the TOML file, or --set KEY=VALUE), default, meaning:"]
+    for key, value in Config().to_dict().items():
+        lines.append(f"  {key} = {toml_value(value)}")
+        lines += textwrap.wrap(describe(key), width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                               break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def config_table() -> str:
+    """The README's table of config keys (regenerate after changing a key:
+    ``python -c "from fedsim.validate import config_table; print(config_table())"``)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in fields(Config):
+        value = f.default
+        shown = "" if value == "" else f"`{str(value).lower() if isinstance(value, bool) else value}`"
+        rows.append(f"| `{key_of(f.name)}` | {shown} | {describe(key_of(f.name), '`')} |")
+    return "\n".join(rows) + "\n"
