@@ -1,4 +1,8 @@
-"""``fedsim run``, ``resume``, ``split``, ``plot`` and ``compare``."""
+"""``fedsim run``, ``resume``, ``split``, ``plot`` and ``compare``.
+
+Exit codes: 0 done; 1 a run failed (summary.json says why); 2 bad input, reported before
+anything starts (config, data, paths); 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import sys
 
 from fedsim.config import ConfigError
 from fedsim.data import DataError
+from fedsim.history import EmptyRun
 
 COMPARE_STRATEGIES = "fedrep,fedper,lg-fedavg,fedbabu,ditto,local,fedavg-ft,fedavg"
 COMPARE_SEEDS = "0,1,2"
@@ -97,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         path = plot_runs(args.runs, args.output, args.label or None)
         print(f"wrote {path}")
         return 0
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, EmptyRun, OSError) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # a RunInterrupted says how far the run got
+        print(f"fedsim: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -129,9 +137,18 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _report(summary: dict, out: str) -> int:
-    final = summary["final_accuracy"]
-    text = f"final_accuracy {final:.4f}" if final is not None else f"final_loss {summary['final_loss']:.4g}"
-    print(f"{text} (mean of the last 10 evaluated rounds), wall {summary['wall_seconds']:.1f} s -> {out}")
+    """Print the closing line: the final metrics, over how many rounds, wall time."""
+    averaged = summary["rounds_averaged"]
+    parts = [f"{key} {summary[key]:{fmt}}" for key, fmt in
+             (("final_accuracy", ".4f"), ("final_loss", ".4g"), ("final_distance", ".4g"))
+             if summary[key] is not None]
+    if not averaged:
+        parts, window = ["no evaluated round"], ""
+    elif averaged == 1:
+        window = " (the last evaluated round)"
+    else:
+        window = f" (mean of the last {averaged} evaluated rounds)"
+    print(f"{', '.join(parts)}{window}, wall {summary['wall_seconds']:.1f} s -> {out}")
     return 0
 
 

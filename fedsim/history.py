@@ -11,6 +11,10 @@ from typing import Any
 FINAL_WINDOW = 10  # FedRep reports the mean accuracy of the last 10 rounds
 
 
+class EmptyRun(ValueError):
+    """A run directory holds nothing to show (no evaluated round)."""
+
+
 class RunWriter:
     """Appends round metrics as they come (flushed, so a crash keeps them) and writes
     the summary at the end, also when the run fails."""
@@ -38,28 +42,40 @@ class RunWriter:
         self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
         self._metrics.flush()
 
-    def finish(self, error: str | None = None) -> dict[str, Any]:
-        """Close metrics.jsonl and write summary.json; returns the summary."""
+    def finish(self, error: str | None = None, status: str | None = None) -> dict[str, Any]:
+        """Close metrics.jsonl and write summary.json; returns the summary. ``status`` is
+        ``completed`` without an error, else ``failed`` unless given (``interrupted``)."""
         self._metrics.close()
         summary = summarize(self.rows)
         summary["wall_seconds"] = round(time.perf_counter() - self.start, 3)
-        summary["status"] = "failed" if error else "completed"
-        if error:
-            summary["error"] = error
+        summary["status"] = status or ("failed" if error else "completed")
+        summary["error"] = error
         write_json(self.dir / "summary.json", summary)
         return summary
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``final_accuracy``: mean ``accuracy`` over the last 10 evaluated rounds."""
-    evaluated = [r for r in rows if r.get("accuracy") is not None]
+    """Means over the last ``FINAL_WINDOW`` (10) evaluated rounds, as FedRep reports:
+    ``final_accuracy`` (None for regression), ``final_loss`` (test loss; MSE for
+    regression) and ``final_distance`` (None unless logged); ``rounds_averaged`` says
+    how many rounds those means cover."""
+    evaluated = [r for r in rows if r.get("loss") is not None or r.get("accuracy") is not None]
     last = evaluated[-FINAL_WINDOW:]
     return {
-        "final_accuracy": sum(r["accuracy"] for r in last) / len(last) if last else None,
-        "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
-        "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
+        "final_accuracy": _mean(r.get("accuracy") for r in last),
+        "final_loss": _mean(r.get("loss") for r in last),
+        "final_distance": _mean(r.get("distance") for r in last),
+        "rounds_averaged": len(last),
+        "best_accuracy": max((r["accuracy"] for r in evaluated if r.get("accuracy") is not None),
+                             default=None),
         "rounds_completed": rows[-1]["round"] if rows else 0,
     }
+
+
+def _mean(values: Any) -> float | None:
+    """Mean of the values that are not None; None if there are none."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -7,26 +7,27 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.history import read_run
+from fedsim.history import EmptyRun, read_run
 
 BAND = (10, 90)  # percentiles of per-client accuracy shown as the shaded band
 
 
 def plot_runs(run_dirs: list[str], output: str, label_keys: list[str] | None = None) -> Path:
     """Write a PNG of accuracy vs round for ``run_dirs``; legends name each run by the
-    config keys in ``label_keys`` (default: the keys whose values differ between runs)."""
+    config keys in ``label_keys`` (default: the keys whose values differ between runs).
+    Raises EmptyRun, naming the run, if one has no evaluated accuracy to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [read_run(d) for d in run_dirs]
+    for run_dir, (_, rows) in zip(run_dirs, runs):
+        _check_plottable(run_dir, rows)
     labels = run_labels([cfg for cfg, _ in runs], label_keys)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (_, rows), label in zip(runs, labels):
         rows = [r for r in rows if r.get("accuracy") is not None]
-        if not rows:
-            continue
         rounds = np.array([r["round"] for r in rows])
         mean = np.array([r["accuracy"] for r in rows])
         spread = np.array([np.percentile(list(r["clients"].values()), BAND) for r in rows])
@@ -39,6 +40,18 @@ def plot_runs(run_dirs: list[str], output: str, label_keys: list[str] | None = N
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, output)
+
+
+def _check_plottable(run_dir: str, rows: list[dict[str, Any]]) -> None:
+    if any(r.get("accuracy") is not None for r in rows):
+        return
+    if not rows:
+        reason = "its metrics.jsonl is empty (the run stopped before finishing a round)"
+    elif any(r.get("loss") is not None for r in rows):
+        reason = "accuracy is null in every round (a regression run: see loss and distance in metrics.jsonl)"
+    else:
+        reason = "no round has been evaluated yet (eval-every)"
+    raise EmptyRun(f"nothing to plot in {str(run_dir)!r}: {reason}")
 
 
 def save_figure(fig, output: str | Path, dpi: int = 120) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -58,13 +59,17 @@ def run_once(config: Config, run_dir: str | Path, progress: bool = False) -> lis
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Continue a run from its last checkpoint (after a crash or a kill). The rows after
-    the checkpoint are recomputed, so metrics.jsonl ends as an uninterrupted run's."""
+    """Continue a run from its last checkpoint (after a crash, a kill or Ctrl-C). The rows
+    after the checkpoint are recomputed, so metrics.jsonl ends as an uninterrupted run's.
+    A checkpoint of the last round leaves nothing to run: the summary is rewritten
+    (completed) without starting Ray."""
     from fedsim.checkpoint import load_checkpoint
     from fedsim.history import read_run
 
     config = config_from_dict(read_run(run_dir)[0])
     checkpoint = load_checkpoint(run_dir)
+    if checkpoint.round >= config.num_rounds:
+        return _open_run_dir(Path(run_dir), config, checkpoint.round).finish()
     return _execute(config, Path(run_dir), progress, checkpoint)
 
 
@@ -72,20 +77,99 @@ def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict
     validate(config)
     client_splits(config)  # a bad split fails here, before Ray starts
     _check_local_resources(config)
-    writer = RunWriter(out, config.to_dict(), checkpoint.round if checkpoint else None)
-    try:
-        _quiet(config.verbose)
-        num_nodes = _start_ray(config)
-        _simulate(config, writer, num_nodes, progress, checkpoint)
-    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
-        message = f"{type(exc).__name__}: {exc}"
-        writer.finish(error=message)
-        if isinstance(exc, (KeyboardInterrupt, ConfigError)):
-            raise
-        raise RunFailed(message) from exc
-    finally:
-        _stop_ray()
+    writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
+    with _stop_on_sigint():
+        try:
+            _quiet(config.verbose)
+            num_nodes = _start_ray(config)
+            if STOP.is_set():
+                raise _Stopped
+            _simulate(config, writer, num_nodes, progress, checkpoint)
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+            if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
+                summary = writer.finish(error="interrupted (Ctrl-C)", status="interrupted")
+                raise RunInterrupted(_interrupted_message(summary, config, out)) from None
+            message = f"{type(exc).__name__}: {exc}"
+            writer.finish(error=message)
+            if isinstance(exc, ConfigError):
+                raise
+            raise RunFailed(message) from exc
+        finally:
+            _stop_ray()
     return writer.finish()
+
+
+def _open_run_dir(out: Path, config: Config, resume_after: int | None) -> RunWriter:
+    """The run directory's writer; a directory that cannot be created or written is a
+    ConfigError naming ``--out``, the path and the reason (before Ray starts)."""
+    try:
+        return RunWriter(out, config.to_dict(), resume_after)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out) else ""
+        raise ConfigError(f"--out {str(out)!r}: cannot write the run directory: {reason}{where}") from None
+
+
+def _interrupted_message(summary: dict[str, Any], config: Config, out: Path) -> str:
+    done = summary["rounds_completed"]
+    when = f"after round {done} of {config.num_rounds}" if done else "before the first round ended"
+    text = f"interrupted {when}; partial results in {out}"
+    if (out / "checkpoint.npz").is_file():
+        text += f" (continue with: fedsim resume {out})"
+    return text
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; summary.json says ``interrupted`` and how far it got."""
+
+
+class _Stopped(Exception):
+    """Raised in the ServerApp thread at its next grid call once STOP is set (an
+    ``Exception``, so Flower hands it back to the main thread)."""
+
+
+STOP = threading.Event()  # set by Ctrl-C during a run
+
+
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[None]:
+    """For the run, the first SIGINT sets ``STOP`` instead of raising KeyboardInterrupt
+    in the main thread: that left Flower's ServerApp thread waiting for replies up to
+    ``round-timeout`` and the process alive. The round loop stops at its next call to
+    the grid (it polls every 0.1 s while it waits), Flower then stops its workers and
+    Ray; a second SIGINT raises KeyboardInterrupt. Signal handlers can only be set in
+    the main thread; elsewhere this does nothing."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("get_node_ids", "push_messages", "pull_messages")
+    original = {name: getattr(InMemoryGrid, name) for name in names}
+
+    def stoppable(method: Any) -> Any:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if STOP.is_set():
+                raise _Stopped("interrupted")
+            return method(self, *args, **kwargs)
+
+        return call
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+
+    STOP.clear()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    for name in names:
+        setattr(InMemoryGrid, name, stoppable(original[name]))
+    try:
+        yield
+    finally:
+        for name in names:
+            setattr(InMemoryGrid, name, original[name])
+        signal.signal(signal.SIGINT, previous)
 
 
 def _simulate(
