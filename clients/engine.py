@@ -84,7 +84,7 @@ def train_one(
         if phase.prox is not None:
             anchor = phase.trains if phase.prox.anchor is None else phase.prox.anchor
             targets = [start[anchor + n[len(phase.trains):]] for n, _ in trained]
-            weight = getattr(config, phase.prox.weight)
+            weight = phase.prox.coefficient(config)
             params = [p for _, p in trained]
 
             def penalty(params=params, targets=targets, weight=weight):

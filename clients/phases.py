@@ -21,13 +21,18 @@ from fedsim.config import Config
 
 @dataclass(frozen=True)
 class Prox:
-    """Penalty ``λ/2·‖θ − θ⁰‖²`` on the trained parameters, ``λ`` = config key ``weight``.
+    """Penalty ``λ/2·‖θ − θ⁰‖²`` on the trained parameters, ``λ`` = ``weight`` (a number,
+    or the name of the config field that holds it).
     θ⁰ is the value at the start of the client's round (what the server sent, for shared
     parameters) of the parameter named like θ with the phase's ``trains`` prefix replaced
     by ``anchor`` ("" keeps the name: FedProx; Ditto anchors ``personal.*`` at ``shared.*``)."""
 
-    weight: str
+    weight: str | float
     anchor: str | None = None
+
+    def coefficient(self, config: Config) -> float:
+        """λ under ``config``."""
+        return float(getattr(config, self.weight) if isinstance(self.weight, str) else self.weight)
 
 
 def always(config: Config) -> bool:

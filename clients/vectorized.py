@@ -120,7 +120,7 @@ def run_phase(
     targets = pad_stack(ys)
     params = {n: states[n].detach().requires_grad_(n in trained) for n in names}  # states' storage
     anchors = _anchors(phase, trained, start)
-    weight = getattr(config, phase.prox.weight) if phase.prox else 0.0
+    weight = phase.prox.coefficient(config) if phase.prox else 0.0
     run = forward_of(module)
     linear_head = (isinstance(module, nn.Linear) and module.bias is not None and not anchors
                    and not targets.is_floating_point() and trained == [f"{names[0][:strip]}weight",
