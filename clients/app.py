@@ -30,7 +30,8 @@ from fedsim.validate import config_from_dict
 from fedsim.wire import pack_client_arrays, split_client_arrays
 
 app = ClientApp()
-CHUNK = 128  # most clients trained at once (memory: one model copy each)
+CHUNK = 128  # most clients trained at once
+STACK_BYTES = 64 * 2**20  # and at most this much of stacked model copies (each also has grads, momentum)
 
 
 @app.query()
@@ -205,6 +206,7 @@ class _Actor:
         self.splits = make_split(config, self.data)
         self.model = client_model(config, self.data).to(self.device)
         self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model_bytes = sum(v.numel() * v.element_size() for v in self.initial.values())
         self.slots = self.model.state_dict(keep_vars=True)  # the model's own tensors
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -267,10 +269,12 @@ class _Actor:
 
     def cohorts(self, clients: list[int], path: str) -> list[list[int]]:
         """Client by client on the loop path (a client that raises fails alone), else
-        chunks of at most ``CHUNK`` clients (bounded memory; no result depends on them)."""
+        chunks of at most ``CHUNK`` clients and ``STACK_BYTES`` of stacked models (bounded
+        memory; no result depends on the chunks)."""
         if path == engine.LOOP:
             return [[c] for c in clients]
-        return [clients[i:i + CHUNK] for i in range(0, len(clients), CHUNK)]
+        size = max(1, min(CHUNK, STACK_BYTES // self.model_bytes))
+        return [clients[i:i + size] for i in range(0, len(clients), size)]
 
     def train(
         self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal,
