@@ -122,11 +122,28 @@ def help_text(width: int = 100) -> str:
 
 
 def config_table() -> str:
-    """The README's table of config keys (regenerate after changing a key:
-    ``python -c "from fedsim.validate import config_table; print(config_table())"``)."""
+    """The README's table of config keys (see :func:`write_readme_table`)."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for f in fields(Config):
         value = f.default
         shown = "" if value == "" else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        rows.append(f"| `{key_of(f.name)}` | {shown} | {describe(key_of(f.name), '`')} |")
+        text = describe(key_of(f.name), "`").replace("|", "\\|")  # a pipe would end the cell
+        rows.append(f"| `{key_of(f.name)}` | {shown} | {text} |")
     return "\n".join(rows) + "\n"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE_BEGIN, TABLE_END = "<!-- config-keys", "<!-- /config-keys -->"
+
+
+def readme_table(text: str) -> str:
+    """The config table in README text (between its two markers)."""
+    begin = text.index(TABLE_BEGIN)
+    return text[text.index("\n", begin) + 1:text.index(TABLE_END)]
+
+
+def write_readme_table(readme: Path = README) -> None:
+    """Rewrite the README's config table from the declarations, after a key or a
+    registered name changed: ``python -c "import fedsim.validate as v; v.write_readme_table()"``."""
+    text = readme.read_text()
+    readme.write_text(text.replace(readme_table(text), config_table()))

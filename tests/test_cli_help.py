@@ -12,7 +12,7 @@ import pytest
 from fedsim.cli import COMPARE_SEEDS, COMPARE_STRATEGIES, main
 from fedsim.config import REGISTRY, Config, ConfigError, declared_choices, key_of, meaning, toml_value
 from fedsim.data import PARTITIONERS, register_partitioner
-from fedsim.validate import REGISTRIES, choices, config_table, load_config
+from fedsim.validate import REGISTRIES, choices, config_table, load_config, readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = [key_of(f.name) for f in fields(Config)]
@@ -72,9 +72,6 @@ def test_compare_help_names_the_default_strategies_and_seeds(capsys):
 
 
 def test_readme_table_is_generated_from_the_declarations():
-    readme = (ROOT / "README.md").read_text()
-    begin = readme.index("<!-- config-keys")
-    table = readme[readme.index("\n", begin) + 1:readme.index("<!-- /config-keys -->")]
-    assert table == config_table(), (
-        "README's config table drifted from fedsim/config.py: regenerate it with "
-        "python -c \"from fedsim.validate import config_table; print(config_table())\"")
+    assert readme_table((ROOT / "README.md").read_text()) == config_table(), (
+        "README's config table drifted from the declarations: regenerate it with "
+        'python -c "import fedsim.validate as v; v.write_readme_table()"')

@@ -1,0 +1,181 @@
+"""Every command the README shows, run through the real CLI in a scratch directory,
+shrunk with small overrides so each takes seconds (like pytorch/examples running each
+example with a dry-run flag); exit 0 and the files it promises. A command that cannot be
+shrunk has an entry saying why. The README's commands are parsed (fenced bash blocks and
+inline code starting with a program name), so a command added to the README without an
+entry here fails `test_every_readme_command_has_an_entry`.
+
+The commands share one working directory and run in README order: `fedsim plot runs/rep
+runs/avg` and `fedsim resume runs/my-run` use the runs of earlier commands."""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+PROGRAMS = ("fedsim", "python", "python3.11", "pip", "pytest", "flwr", "flower-superlink")
+SHRINK = "--set num-rounds=2 --set num-clients=4"
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run the README command with ``extra`` appended (or, for a template, the command
+    ``instead``); ``files`` (globs, relative to the working directory) must then each
+    match exactly one file."""
+
+    extra: str = ""
+    files: tuple[str, ...] = ()
+    ray: bool = True
+    instead: str = ""
+
+
+def _run_dir(pattern: str) -> tuple[str, ...]:
+    return tuple(f"{pattern}/{name}" for name in ("config.json", "metrics.jsonl", "summary.json"))
+
+
+SETUP = "the tests already run in an installed virtual environment"
+FLWR = ("`flwr run` needs a SuperLink started in the background and writes ~/.flwr/config.toml; "
+        "its ServerApp runs the same round loop as `fedsim run`")
+COMMANDS: dict[str, Run | str] = {
+    "python3.11 -m venv .venv": SETUP,
+    ". .venv/bin/activate": SETUP,
+    "pip install -e .": SETUP,
+    'pip install -q -e ".[test]"': SETUP,
+    "python -m pytest": "the test suite itself",
+    "fedsim run experiments/quickstart.toml": Run(f"{SHRINK} --out runs/rep", _run_dir("runs/rep")),
+    "fedsim run": Run(f"{SHRINK} --set checkpoint-every=1 --out runs/my-run", _run_dir("runs/my-run")),
+    "fedsim run experiments/quickstart.toml --set strategy=fedavg --set num-rounds=60 --out runs/avg":
+        Run(SHRINK, _run_dir("runs/avg")),
+    "fedsim run --help": Run(ray=False),
+    "fedsim resume runs/my-run": Run(files=_run_dir("runs/my-run")),
+    "fedsim resume": "names the command; `fedsim resume runs/my-run` is run",
+    "fedsim plot runs/rep runs/avg -o compare.png": Run(files=("compare.png",)),
+    # compare starts Ray once per (strategy, seed): one of each keeps it to seconds
+    "fedsim compare experiments/compare_shards.toml --out runs/compare-shards":
+        Run(f"{SHRINK} --strategies fedrep --seeds 0",
+            ("runs/compare-shards/table.md", "runs/compare-shards/curves.png")),
+    "fedsim compare experiments/compare_dirichlet.toml --strategies fedrep,fedavg --seeds 0,1 --out runs/cmp":
+        Run(f"{SHRINK} --strategies fedavg --seeds 1", ("runs/cmp/table.md", "runs/cmp/curves.png")),
+    "fedsim run --set strategy=kd3a --set dataset=digit5-synth --set partitioner=domain "
+    "--set num-clients=5 --set target-domain=mnistm --set fraction-train=1.0":
+        Run("--set num-rounds=1 --set synth-per-class=4", _run_dir("runs/kd3a-digit5-synth-*")),
+    "fedsim run --set strategy=fedrep --set dataset=linear-regression":
+        Run(SHRINK, _run_dir("runs/fedrep-linear-regression-*")),
+    "python experiments/kd3a_lodo.py": "~45 minutes of runs (5 held-out domains x 3 seeds x 2 methods)",
+    "python experiments/linear_fedrep.py": "dozens of 300-round runs; the linear setting is run above",
+    "fedsim split CONFIG --set ... -o split.png":
+        Run(files=("split.png",), ray=False,
+            instead=f"fedsim split experiments/quickstart.toml {SHRINK} -o split.png"),
+    'python -c "from fedsim.synth_digits import save_samples_png; save_samples_png(\'samples.png\')"':
+        Run(files=("samples.png",), ray=False),
+    "pip install 'fedsim[flwr-datasets]'": "installs an optional extra; tests/test_datasets.py covers it",
+    "fedsim run --set plugins=my_splits.py --set partitioner=two-groups":
+        Run(SHRINK, _run_dir("runs/fedrep-digits-*")),
+    "fedsim run experiments/quickstart.toml --set plugins=fedrep_prox.py --set strategy=fedrep-prox":
+        Run(f"{SHRINK} --out runs/fedrep-prox", _run_dir("runs/fedrep-prox")),
+    "fedsim run --set partitioner=file --set split-file=split.json --set num-clients=2":
+        Run("--set num-rounds=2 --out runs/file-split", _run_dir("runs/file-split")),
+    "python experiments/bench.py": "a benchmark: minutes of timed runs, never a test",
+    "python experiments/bench.py --scaling": "a benchmark: minutes of timed runs, never a test",
+    "mkdir -p ~/.flwr": FLWR,
+    "cat >> ~/.flwr/config.toml <<'EOF'": FLWR,
+    "flower-superlink --insecure --simulation --disable-runtime-dependency-installation "
+    "--host 127.0.0.1 --port 39091": FLWR,
+    'flwr run . local-simulation --run-config "num-rounds=3" --federation-config "num-supernodes=2" '
+    "--stream": FLWR,
+    "flwr run": FLWR,
+}
+
+
+def readme_commands(text: str = README) -> list[str]:
+    """The README's commands in order, without repeats: each line of a fenced bash block
+    (continuations joined, ``&&`` chains split, comments and here-document bodies dropped)
+    and each inline code span that starts with a program name."""
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in _logical_lines(block):
+            commands += [" ".join(part.split()).rstrip(" &") for part in line.split("&&")]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())
+        if span.split(" ")[0] in PROGRAMS and " " in span:
+            commands.append(span)
+    return list(dict.fromkeys(c for c in commands if c))
+
+
+def _logical_lines(block: str) -> list[str]:
+    lines, current, heredoc = [], "", None
+    for raw in block.splitlines():
+        if heredoc:
+            heredoc = None if raw.strip() == heredoc else heredoc
+            continue
+        line = re.sub(r"\s+#.*$", "", raw)
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        marker = re.search(r"<<'?(\w+)'?", current)
+        heredoc = marker.group(1) if marker else None
+        lines.append(current)
+        current = ""
+    return lines
+
+
+def test_every_readme_command_has_an_entry():
+    commands = readme_commands()
+    missing = [c for c in commands if c not in COMMANDS]
+    assert not missing, f"README commands without an entry in COMMANDS (how to shrink, or why not): {missing}"
+    stale = [c for c in COMMANDS if c not in commands]
+    assert not stale, f"COMMANDS entries no longer in the README: {stale}"
+    for command, entry in COMMANDS.items():
+        assert isinstance(entry, Run) or entry.strip(), f"{command!r}: say why it is not run"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch directory with experiments/, the README's Python files (the blocks that
+    start with ``# NAME.py``) and its split.json."""
+    work = tmp_path_factory.mktemp("readme")
+    (work / "experiments").symlink_to(ROOT / "experiments")
+    for name, body in re.findall(r"```python\n# (\w+\.py)\n(.*?)```", README, re.S):
+        (work / name).write_text(body)
+    (work / "split.json").write_text(re.search(r"```json\n(.*?)```", README, re.S)[1])
+    return work
+
+
+def _params():
+    for command in readme_commands():
+        entry = COMMANDS.get(command, "no entry (see test_every_readme_command_has_an_entry)")
+        marks = [pytest.mark.ray] if isinstance(entry, Run) and entry.ray else []
+        yield pytest.param(command, entry, marks=marks, id=command[:60])
+
+
+@pytest.mark.parametrize("command, entry", _params())
+def test_readme_command(workdir, command, entry):
+    if not isinstance(entry, Run):
+        pytest.skip(entry)
+    argv = shlex.split(entry.instead or command) + shlex.split(entry.extra)
+    if argv[0] == "fedsim":
+        argv = [sys.executable, "-m", "fedsim", *argv[1:]]
+    elif argv[0] == "python":
+        argv[0] = sys.executable
+    result = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr, result.stderr
+    for pattern in entry.files:
+        matches = glob.glob(str(workdir / pattern))
+        assert len(matches) == 1, f"{command}: expected one {pattern}, found {matches}"
+        if pattern.endswith("summary.json"):
+            assert json.loads(Path(matches[0]).read_text())["status"] == "completed"
+    if argv[3:4] == ["run"] and "--help" not in argv:
+        assert result.stdout.startswith("final_")  # the closing line
