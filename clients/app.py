@@ -8,6 +8,7 @@ Data and the model are built once per actor process and reused across messages.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import traceback
@@ -22,7 +23,7 @@ from clients import engine
 from clients.consensus import consensus_focus, knowledge_vote
 from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec
-from clients.routines import kd3a_epochs, train_on_consensus
+from clients.routines import MOMENTUM, kd3a_epochs, train_on_consensus
 from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
@@ -141,7 +142,8 @@ def distill(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, stream=3))
     focus = consensus_focus(stacked, gate, config.kd3a_exact_up_to, config.kd3a_permutations, generator)
     model = actor.load(target, shared, personal)
-    loss = train_on_consensus(model, x, knowledge.float(), weight.float(), kd3a_epochs(config), config,
+    loss = train_on_consensus(model, x, knowledge.float(), weight.float(), kd3a_epochs(config),
+                              actor.in_round(server_round),
                               generator)
     out = pack_client_arrays({target: _keep_personal(personal, target, model, shared)})
     personal.save(context)
@@ -207,6 +209,9 @@ class _Actor:
         self.model = client_model(config, self.data).to(self.device)
         self.initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model_bytes = sum(v.numel() * v.element_size() for v in self.initial.values())
+        self.entries = dict(self.initial)  # what a client's state holds: the model, kept momentum
+        for name in engine.momentum_entries(self.model, config):
+            self.entries[name] = torch.zeros_like(self.initial[name.removeprefix(MOMENTUM)])
         self.slots = self.model.state_dict(keep_vars=True)  # the model's own tensors
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -242,7 +247,7 @@ class _Actor:
         arrays, else each client's personal value (its initial value the first time)."""
         self._check(shared)
         states = {}
-        for name, initial in self.initial.items():
+        for name, initial in self.entries.items():
             if name in shared:
                 value = shared[name].to(self.device)
                 states[name] = value.unsqueeze(0).repeat(len(clients), *([1] * value.dim()))
@@ -256,6 +261,10 @@ class _Actor:
         unknown = shared.keys() - self.slots.keys()
         if unknown:
             raise KeyError(f"the server sent arrays this model does not have: {sorted(unknown)}")
+
+    def in_round(self, server_round: int) -> Config:
+        """The config with the learning rate of ``server_round`` (``lr-schedule``)."""
+        return dataclasses.replace(self.config, lr=self.config.round_lr(server_round))
 
     @property
     def spec(self) -> ClientSpec:
@@ -284,6 +293,7 @@ class _Actor:
         clients that completed, their losses and their shared arrays (stacked in that
         order). A client that raises is added to ``failed`` with its error."""
         done, losses, out = [], [], {name: [] for name in shared}
+        config = self.in_round(server_round)
         for cohort in self.cohorts(clients, self.paths["train"]):
             try:
                 states = self.stack(cohort, shared, personal)
@@ -291,7 +301,7 @@ class _Actor:
                 generators = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c))
                               for c in cohort]
                 cohort_losses = engine.train_cohort(self.model, self.spec.train, states, list(xs), list(ys),
-                                                    self.config, generators, self.paths["train"])
+                                                    config, generators, self.paths["train"])
             except Exception as exc:  # noqa: BLE001 - reported to the server, which decides
                 failed.extend(cohort)
                 errors.extend([_describe(exc)] * len(cohort))
@@ -321,7 +331,8 @@ class _Actor:
             acc, loss = engine.evaluate_cohort(
                 self.model, self.spec, self.stack(cohort, shared, personal),
                 ([t[0] for t in tensors], [t[1] for t in tensors]),
-                ([t[2] for t in tensors], [t[3] for t in tensors]), self.config, generators, path)
+                ([t[2] for t in tensors], [t[3] for t in tensors]), self.in_round(server_round),
+                generators, path)
             accuracies += acc
             losses += loss
         return accuracies, losses

@@ -14,10 +14,17 @@ from torch import nn
 from clients import vectorized
 from clients.batched import outputs
 from clients.phases import ClientSpec, Phase, submodule
-from clients.routines import evaluate, run_epochs, scores
+from clients.routines import MOMENTUM, evaluate, run_epochs, scores
 from fedsim.config import Config, ConfigError
 
 LOOP, VECTORIZED = "loop", "vectorized"
+
+
+def momentum_entries(model: nn.Module, config: Config) -> list[str]:
+    """The state entries that hold kept momentum (``keep-optimizer-state``), else none."""
+    if not (config.keep_optimizer_state and config.momentum):
+        return []
+    return [MOMENTUM + name for name, _ in model.named_parameters()]
 
 
 def choose_path(model: nn.Module, phases: tuple[Phase, ...], config: Config) -> str:
@@ -54,7 +61,9 @@ def train_cohort(
         losses = []
         for c, (x, y, generator) in enumerate(zip(xs, ys, generators)):
             _load_row(model, states, c)
-            losses.append(train_one(model, phases, x, y, config, generator, _row(states, c)))
+            row = _row(states, c)
+            kept = {n[len(MOMENTUM):]: v for n, v in row.items() if n.startswith(MOMENTUM)} or None
+            losses.append(train_one(model, phases, x, y, config, generator, row, kept))
             _store_row(model, states, c)
         return losses
     start = {k: v.clone() for k, v in states.items()} if any(p.prox for p in phases) else states
@@ -68,9 +77,11 @@ def train_cohort(
 def train_one(
     model: nn.Module, phases: tuple[Phase, ...], x: torch.Tensor, y: torch.Tensor, config: Config,
     generator: torch.Generator, start: dict[str, torch.Tensor] | None = None,
+    momentum: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """One client's ``phases`` on ``model`` (loaded with its state) in place: the plain
-    PyTorch loop. ``start`` (default: the model's state now) anchors proximal terms."""
+    PyTorch loop. ``start`` (default: the model's state now) anchors proximal terms;
+    ``momentum`` (parameter name -> buffer, updated in place) is kept optimiser state."""
     start = start if start is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss = float("nan")
     for phase in phases:
@@ -90,8 +101,14 @@ def train_one(
             def penalty(params=params, targets=targets, weight=weight):
                 return weight * (0.5 * sum(((p - a) ** 2).sum() for p, a in zip(params, targets)))
 
+        buffers = None if momentum is None else {i: momentum[n] for i, (n, _) in enumerate(trained)}
         phase_loss = run_epochs(module, [p for _, p in trained], x, y, phase.epochs_in(config), config,
-                                generator, penalty)
+                                generator, penalty, buffers)
+        if buffers is not None:
+            with torch.no_grad():
+                for i, (name, _) in enumerate(trained):
+                    if buffers[i] is not momentum[name]:
+                        momentum[name].copy_(buffers[i])
         if phase_loss == phase_loss:  # not nan: the phase took a step
             loss = phase_loss
     return loss
@@ -105,8 +122,8 @@ def evaluate_cohort(
     """(accuracy, loss) of every client on its test data, after ``spec.finetune`` on its
     training data (on a copy: nothing is kept), with the sub-module ``spec.evaluates``
     (vectorized: one batched forward over every client's test data)."""
-    if spec.finetune:
-        states = {k: v.clone() for k, v in states.items()}
+    if spec.finetune:  # a fresh optimiser: kept training momentum stays out of it
+        states = {k: v.clone() for k, v in states.items() if not k.startswith(MOMENTUM)}
         train_cohort(model, spec.finetune, states, *train, config, generators, path)
     if path == LOOP:
         results = []

@@ -17,6 +17,8 @@ from torch import nn
 from fedsim.config import Config
 from fedsim.models import SplitModel
 
+MOMENTUM = "momentum:"  # state entries "momentum:<param>": a client's kept SGD momentum buffers
+
 
 def task_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for class labels, mean squared error for real-valued targets."""
@@ -75,20 +77,22 @@ class SGDStep:
 def run_epochs(
     model: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
     epochs: float, sgd: Config, generator: torch.Generator,
-    penalty: Callable[[], torch.Tensor] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None, momentum: dict[int, torch.Tensor] | None = None,
 ) -> float:
     """SGD (``lr``, ``momentum``, ``weight-decay``, ``batch-size`` of ``sgd``) on ``params``
     only, the rest of the model fixed, for ``epochs`` passes over shuffled mini-batches (a
     fraction runs that share of one epoch's batches). ``penalty()``, if given, is added
-    to every batch loss. Returns the mean loss of the last pass (nan if there was none)."""
+    to every batch loss. ``momentum`` (parameter index -> buffer), if given, holds the
+    momentum buffers to start from and receives them at the end (kept optimiser state).
+    Returns the mean loss of the last pass (nan if there was none)."""
     return _sgd(model, params, x, epochs, sgd, generator,
-                lambda batch: task_loss(model(x[batch]), y[batch]), penalty)
+                lambda batch: task_loss(model(x[batch]), y[batch]), penalty, momentum)
 
 
 def _sgd(
     model: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, epochs: float, sgd: Config,
     generator: torch.Generator, batch_loss: Callable[[torch.Tensor], torch.Tensor],
-    penalty: Callable[[], torch.Tensor] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None, momentum: dict[int, torch.Tensor] | None = None,
 ) -> float:
     """The SGD loop of :func:`run_epochs`, with the loss of a batch of indices given."""
     params = list(params)
@@ -103,6 +107,8 @@ def _sgd(
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
     step_params = SGDStep(params, sgd.lr, sgd.momentum, sgd.weight_decay)
+    if momentum is not None:
+        step_params.buffers = momentum  # shared: the caller reads the buffers back
     model.train()
     loss_sum, seen = 0.0, 0
     try:

@@ -18,6 +18,7 @@ from torch import nn
 
 from clients.batched import forward_of, outputs
 from clients.phases import Phase, submodule
+from clients.routines import MOMENTUM
 from fedsim.config import Config
 from fedsim.models import SplitModel
 
@@ -125,7 +126,7 @@ def run_phase(
     linear_head = (isinstance(module, nn.Linear) and module.bias is not None and not anchors
                    and not targets.is_floating_point() and trained == [f"{names[0][:strip]}weight",
                                                                      f"{names[0][:strip]}bias"])
-    buffers = {n: None for n in trained}  # momentum
+    buffers = {n: states.get(MOMENTUM + n) for n in trained}  # momentum: kept (updated in place) or new
     rows = torch.arange(clients, device=device).unsqueeze(1)
     width = torch.arange(index.shape[2], device=device)
     loss_sum = torch.zeros(clients, dtype=torch.float64, device=device)
@@ -151,6 +152,10 @@ def run_phase(
             fresh = epoch_start[:, step]
             loss_sum = torch.where(fresh, 0.0, loss_sum) + (per_client.double() * n) * active
             seen = torch.where(fresh, 0.0, seen) + n * active
+    with torch.no_grad():
+        for n in trained:  # kept momentum a masked step replaced
+            if MOMENTUM + n in states and buffers[n] is not states[MOMENTUM + n]:
+                states[MOMENTUM + n].copy_(buffers[n])
     return torch.where(seen > 0, loss_sum / seen.clamp(min=1), float("nan")).cpu()
 
 

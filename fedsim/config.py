@@ -103,6 +103,11 @@ class Config:
     lr: float = _key(0.01, "local SGD learning rate")
     momentum: float = _key(0.5, "local SGD momentum")
     weight_decay: float = _key(1e-4, "local SGD weight decay")
+    lr_schedule: str = _key("constant", "learning rate over rounds: constant, or cosine = annealed from lr "
+                                        "in round 1 to lr-min in the last round", ("constant", "cosine"))
+    lr_min: float = _key(0.001, "lr-schedule cosine: the learning rate of the last round")
+    keep_optimizer_state: bool = _key(False, "keep each client's SGD momentum buffers across rounds (in its "
+                                             "personal state, checkpointed and resumed like heads)")
     batch_size: int = _key(10, "local SGD batch size")
     model: str = _key("auto", "client model: auto picks by input shape (cnn28 for 28x28, cnn32 for "
                               "32x32 colour, else mlp)", REGISTRY)
@@ -162,6 +167,15 @@ class Config:
         """Canonical JSON of :meth:`to_dict` (sorted keys)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def round_lr(self, server_round: int) -> float:
+        """The local learning rate in ``server_round`` (1-based) under ``lr-schedule``:
+        cosine annealing lr_min + (lr − lr_min)·(1 + cos(π·(t − 1)/(T − 1)))/2 over the
+        ``num-rounds`` rounds (the KD3A reference anneals per epoch the same way)."""
+        if self.lr_schedule == "constant" or self.num_rounds == 1:
+            return self.lr
+        progress = min(1.0, (server_round - 1) / (self.num_rounds - 1))
+        return self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * progress)) / 2
+
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (snake_case names), its values checked
         (:meth:`check`; registry names are checked by ``fedsim.validate.validate``)."""
@@ -185,6 +199,8 @@ class Config:
         if self.kd3a_mixup < 0:
             raise ConfigError(f"kd3a-mixup = {self.kd3a_mixup}: must be >= 0")
         _at_least("kd3a_permutations", self.kd3a_permutations, 1)
+        if not 0 <= self.lr_min <= self.lr:
+            raise ConfigError(f"lr-min = {self.lr_min}: must be in [0, lr = {self.lr}]")
         if self.strategy == "kd3a" and not self.target_domain:
             raise ConfigError("strategy = 'kd3a' needs target-domain = NAME (and partitioner = 'domain')")
         if self.target_domain and self.partitioner != "domain":

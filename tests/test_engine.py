@@ -183,3 +183,33 @@ def test_vectorized_metrics_do_not_depend_on_the_node_count(tmp_path):
     one = inprocess_rows(tmp_path, num_nodes=1, num_rounds=3, vectorize="on")
     three = inprocess_rows(tmp_path, num_nodes=3, num_rounds=3, vectorize="on")
     assert one == three
+
+
+def test_cosine_schedule_anneals_lr_to_lr_min_over_the_rounds():
+    config = Config(lr=0.05, lr_min=0.001, lr_schedule="cosine", num_rounds=5)
+    expected = [0.05, 0.001 + 0.049 * (1 + 2 ** -0.5) / 2, 0.0255, 0.001 + 0.049 * (1 - 2 ** -0.5) / 2, 0.001]
+    assert [config.round_lr(r) for r in range(1, 6)] == pytest.approx(expected, abs=1e-15)
+    assert Config(lr=0.05).round_lr(3) == 0.05  # constant
+    with pytest.raises(ConfigError, match=r"lr-min = 0.1: must be in \[0, lr = 0.05\]"):
+        Config(lr=0.05, lr_min=0.1).check()
+
+
+@pytest.mark.parametrize("path", [engine.LOOP, engine.VECTORIZED])
+def test_kept_momentum_makes_two_rounds_one_continuous_optimiser(path):
+    # 2 rounds of 1 epoch with kept momentum = 1 run of 2 epochs (same shuffling stream)
+    model = mlp(6, 8, 3)
+    config = Config(local_epochs=1, momentum=0.9, keep_optimizer_state=True, batch_size=4)
+    xs, ys = cohort_data([9, 6])
+    initial = stacked(model, 2)  # the loop path leaves the model at its last client
+    kept = {**{k: v.clone() for k, v in initial.items()}, **{engine.MOMENTUM + n: torch.zeros_like(v).unsqueeze(0).repeat(
+        2, *([1] * v.dim())) for n, v in model.named_parameters()}}
+    gens = generators(2)
+    for _ in range(2):
+        engine.train_cohort(model, specs.FEDAVG.train, kept, xs, ys, config, gens, path)
+    once = {k: v.clone() for k, v in initial.items()}
+    engine.train_cohort(model, specs.FEDAVG.train, once, xs, ys, config.replace(
+        local_epochs=2, keep_optimizer_state=False), generators(2), path)
+    for name in once:
+        torch.testing.assert_close(kept[name], once[name], rtol=0, atol=1e-6)
+    assert kept[engine.MOMENTUM + "body.1.weight"].abs().sum() > 0
+    assert engine.momentum_entries(model, config.replace(momentum=0.0)) == []

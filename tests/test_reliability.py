@@ -43,9 +43,13 @@ def test_checkpoint_file_round_trip_is_exact_and_pickle_free(tmp_path):
         load_checkpoint(tmp_path / "elsewhere")
 
 
-@pytest.mark.parametrize("strategy", ["fedrep", "ditto"])
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, strategy):
-    cfg = config(strategy=strategy)
+@pytest.mark.parametrize("strategy, changes", [
+    ("fedrep", {}), ("ditto", {}),
+    ("fedrep", {"keep_optimizer_state": True, "lr_schedule": "cosine", "vectorize": "on"}),
+    ("fedavg", {"keep_optimizer_state": True, "vectorize": "off"}),
+])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, strategy, changes):
+    cfg = config(strategy=strategy, **changes)
     whole = RunWriter(tmp_path / "whole", cfg.to_dict())
     run_rounds(InProcessGrid(app, 2), cfg, whole, 2)
 
