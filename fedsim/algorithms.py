@@ -67,3 +67,11 @@ def client_model(config: Config, data: Dataset) -> nn.Module:
     """The model a client of ``config.strategy`` trains, initialised from ``seed``."""
     build = ALGORITHMS[config.strategy].model
     return (build or _base)(data, config)
+
+
+def engine_paths(config: Config, data: Dataset) -> dict[str, str]:
+    """Which path (``loop`` or ``vectorized``) the training and fine-tuning phases of
+    ``config.strategy`` run; a ConfigError when ``vectorize = "on"`` cannot be met."""
+    from clients.engine import paths
+
+    return paths(client_model(config, data), ALGORITHMS[config.strategy].client, config)

@@ -28,6 +28,7 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
         self.rows: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}  # more summary entries (e.g. which engine path ran)
         if resume_after is not None:
             _, rows = read_run(self.dir)
             self.rows = [r for r in rows if r["round"] <= resume_after]
@@ -50,6 +51,7 @@ class RunWriter:
         summary["wall_seconds"] = round(time.perf_counter() - self.start, 3)
         summary["status"] = status or ("failed" if error else "completed")
         summary["error"] = error
+        summary.update(self.extra)
         write_json(self.dir / "summary.json", summary)
         return summary
 

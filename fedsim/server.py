@@ -12,12 +12,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.algorithms import client_model, strategy_class
+from fedsim.algorithms import client_model, engine_paths, strategy_class
 from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
-from fedsim.simulation import REPLY_IN, SIGNALLED
+from fedsim.pump import REPLY_IN, SIGNALLED
 from strategies.aggregate import principal_angle_distance
 
 Progress = Callable[[dict[str, Any], Config], None]
@@ -42,6 +42,7 @@ def run_rounds(
     nodes = assign_nodes([len(s.train) for s in client_splits(config)], len(node_by_pid))
     strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
     arrays = strategy.initial_arrays(client_model(config, data))
+    writer.extra["engine"] = engine_paths(config, data)
     first = 1
     if resume is not None:
         arrays = ArrayRecord({k: Array(v) for k, v in resume.server.items()})

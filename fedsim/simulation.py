@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fedsim.algorithms import engine_paths
 from fedsim.config import Config, ConfigError
-from fedsim.data import client_splits
+from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
+from fedsim.pump import fast_message_pump
 from fedsim.validate import config_from_dict, validate
 
 
@@ -76,6 +78,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
     validate(config)
     client_splits(config)  # a bad split fails here, before Ray starts
+    engine_paths(config, load_dataset(config))  # so does vectorize = "on" where it cannot be met
     _check_local_resources(config)
     writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
     with _stop_on_sigint():
@@ -187,7 +190,7 @@ def _simulate(
         },
         "init_args": {"log_to_driver": config.verbose},
     }
-    with warnings.catch_warnings(), _fast_message_pump():
+    with warnings.catch_warnings(), fast_message_pump():
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=make_server_app(
@@ -200,59 +203,6 @@ def _simulate(
         )
     if len(writer.rows) < config.num_rounds:
         raise RunFailed(f"the simulation stopped after {len(writer.rows)} of {config.num_rounds} rounds")
-
-
-MESSAGE_IN = threading.Event()  # set when the server stores a message for a node
-REPLY_IN = threading.Event()  # set when a node's reply is stored
-SIGNALLED = threading.Event()  # set while the two above are wired into Flower's link state
-
-
-@contextlib.contextmanager
-def _fast_message_pump() -> Iterator[None]:
-    """Flower 1.41's simulation engine polls for work every 0.1 s: a thread moves
-    messages from its link state to the actor queue (``vce_api.add_messages_to_queue``)
-    and the grid looks for replies (``InMemoryGrid.pull_interval``). That costs ~0.1 s
-    per message phase, most of a round with small local work, and polling faster burns
-    driver CPU the actors need. For the run, the link state signals both events when a
-    message or a reply is stored; the mover thread waits on ``MESSAGE_IN`` and
-    :func:`fedsim.server.send_and_receive` on ``REPLY_IN`` (restored after)."""
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-
-    original = (vce_api.add_messages_to_queue, InMemoryLinkState.store_message_ins,
-                InMemoryLinkState.store_message_res)
-
-    def store_message_ins(self: Any, message: Any) -> Any:
-        result = original[1](self, message)
-        MESSAGE_IN.set()
-        return result
-
-    def store_message_res(self: Any, message: Any) -> Any:
-        result = original[2](self, message)
-        REPLY_IN.set()
-        return result
-
-    def pump(state: Any, queue: Any, nodes_mapping: dict[int, int], f_stop: Any) -> None:
-        while not f_stop.is_set():
-            MESSAGE_IN.clear()  # before looking: a message stored meanwhile sets it again
-            moved = False
-            for node_id in nodes_mapping:
-                for message in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(message)
-                    moved = True
-            if not moved:
-                MESSAGE_IN.wait(0.1)
-
-    vce_api.add_messages_to_queue = pump
-    InMemoryLinkState.store_message_ins = store_message_ins
-    InMemoryLinkState.store_message_res = store_message_res
-    SIGNALLED.set()
-    try:
-        yield
-    finally:
-        SIGNALLED.clear()
-        (vce_api.add_messages_to_queue, InMemoryLinkState.store_message_ins,
-         InMemoryLinkState.store_message_res) = original
 
 
 def _check_local_resources(config: Config) -> None:

@@ -213,3 +213,21 @@ def test_kept_momentum_makes_two_rounds_one_continuous_optimiser(path):
         torch.testing.assert_close(kept[name], once[name], rtol=0, atol=1e-6)
     assert kept[engine.MOMENTUM + "body.1.weight"].abs().sum() > 0
     assert engine.momentum_entries(model, config.replace(momentum=0.0)) == []
+
+
+def test_summary_says_which_path_ran_and_on_fails_before_ray(tmp_path):
+    import subprocess
+    import sys
+
+    config = Config(num_rounds=1, num_clients=4, strategy="fedavg-ft")
+    writer = RunWriter(tmp_path / "run", config.to_dict())
+    run_rounds(InProcessGrid(app, 2), config, writer, 2)
+    assert writer.finish()["engine"] == {"train": "vectorized", "finetune": "vectorized"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", "--set", "dataset=digit5-synth", "--set", "partitioner=domain",
+         "--set", "model=cnn32bn", "--set", "synth-per-class=5", "--set", "num-clients=5",
+         "--set", "vectorize=on", "--out", str(tmp_path / "bn")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "vectorize = 'on' but 'fedrep' cannot run vectorized: the model has BatchNorm" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "bn" / "metrics.jsonl").exists()
