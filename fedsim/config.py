@@ -199,8 +199,6 @@ class Config:
         if self.kd3a_mixup < 0:
             raise ConfigError(f"kd3a-mixup = {self.kd3a_mixup}: must be >= 0")
         _at_least("kd3a_permutations", self.kd3a_permutations, 1)
-        if not 0 <= self.lr_min <= self.lr:
-            raise ConfigError(f"lr-min = {self.lr_min}: must be in [0, lr = {self.lr}]")
         if self.strategy == "kd3a" and not self.target_domain:
             raise ConfigError("strategy = 'kd3a' needs target-domain = NAME (and partitioner = 'domain')")
         if self.target_domain and self.partitioner != "domain":
@@ -232,6 +230,8 @@ class Config:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test-fraction = {self.test_fraction}: must be in (0, 1)")
         _positive("lr", self.lr)
+        if not 0 <= self.lr_min <= self.lr:
+            raise ConfigError(f"lr-min = {self.lr_min}: must be in [0, lr = {self.lr}]")
         _positive("dirichlet_alpha", self.dirichlet_alpha)
         _positive("size_sigma", self.size_sigma)
         _positive("round_timeout", self.round_timeout)
