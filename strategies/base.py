@@ -54,6 +54,11 @@ class CohortFedAvg(FedAvg):
         """Whether parameter ``name`` is shared with (and averaged by) the server."""
         return True
 
+    def average(self, weights: list[float], updates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The server's new arrays from the clients' updates (in client order) and their
+        training-set sizes: the sample-weighted average (FedAvg)."""
+        return weighted_average(weights, updates)
+
     def state_dict(self) -> dict:
         """JSON-able server-side state beyond the arrays (for checkpoints)."""
         return {}
@@ -144,7 +149,7 @@ class CohortFedAvg(FedAvg):
                 raise ValueError(
                     f"client {client} sent arrays {sorted(updates[client])}, expected {sorted(expected)}"
                 )
-        averaged = weighted_average([weights[c] for c in order], [updates[c] for c in order])
+        averaged = self.average([weights[c] for c in order], [updates[c] for c in order])
         total = sum(weights.values())
         train_loss = sum(weights[c] * losses[c] for c in order) / total
         metrics = MetricRecord({"train-loss": train_loss, "num-examples": int(total)})
