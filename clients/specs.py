@@ -6,6 +6,12 @@ decides; the name of each spec is the ``strategy`` it serves (see ``fedsim.algor
 
 from __future__ import annotations
 
+from clients.apfl import train_apfl
+from clients.fedala import aggregate_locally, keep_local
+from clients.fedproto import train_fedproto
+from clients.fedrod import train_fedrod
+from clients.perfedavg import adapt_one_step, train_perfedavg
+from clients.pfedme import train_pfedme
 from clients.phases import ClientSpec, Phase, Prox, Routine
 from clients.routines import kd3a_epochs, solve_head
 from fedsim.config import Config
@@ -13,6 +19,10 @@ from fedsim.config import Config
 
 def _lstsq(config: Config) -> bool:
     return config.head_solver == "lstsq"
+
+
+def _once(config: Config) -> float:
+    return 1.0  # a routine that runs once per round (its epochs are its own business)
 
 
 def _solve_head(model, x, y, config, generator) -> float:
@@ -47,3 +57,32 @@ DITTO = ClientSpec(
 # KD3A sources: the whole model on their labels for 1/r epochs (the target's
 # distillation is its own message, see clients.app.distill).
 KD3A_SOURCE = ClientSpec(train=(Phase("source", "", kd3a_epochs),))
+
+# --- the personalized baselines of PFLlib / FL-bench / FLGo ---------------------------
+# FedProx (Li et al., MLSys 2020): FedAvg's update with μ/2‖w − wᵗ‖² toward the received model.
+FEDPROX = ClientSpec(train=(Phase("whole", "", "local_epochs", prox=Prox("fedprox_mu")),))
+# FedBN (Li et al., ICLR 2021): FedAvg's update; the strategy keeps BatchNorm layers local.
+FEDBN = FEDAVG
+# pFedMe (T. Dinh et al., NeurIPS 2020): K personal steps per batch, then the local model
+# moves toward the personal one; the personal model is evaluated.
+PFEDME = ClientSpec(train=(Phase("pfedme", "", "local_epochs", routine=Routine(train_pfedme)),),
+                    evaluates="personal")
+# Per-FedAvg (Fallah et al., NeurIPS 2020): MAML meta steps; evaluated after one adaptation step.
+PERFEDAVG = ClientSpec(
+    train=(Phase("meta", "", "local_epochs", routine=Routine(train_perfedavg)),),
+    finetune=(Phase("adapt", "", _once, routine=Routine(adapt_one_step)),),
+)
+# APFL (Deng et al., 2020): w, the personal model and α per step; the mixture is evaluated.
+APFL = ClientSpec(train=(Phase("apfl", "", "local_epochs", routine=Routine(train_apfl)),))
+# FedRoD (Chen & Chao, ICLR 2022): balanced-softmax generic model + personal head per batch.
+FEDROD = ClientSpec(train=(Phase("fedrod", "", "local_epochs", routine=Routine(train_fedrod)),))
+# FedALA (Zhang et al., AAAI 2023): adaptive local aggregation, then FedAvg's local training of
+# the initialised model, which becomes the client's local model; evaluation after ALA (a copy).
+_ALA = Phase("ala", "shared.", _once, routine=Routine(aggregate_locally))
+FEDALA = ClientSpec(
+    train=(_ALA, Phase("local", "shared.", "local_epochs", forward="shared"),
+           Phase("keep", "local.", _once, routine=Routine(keep_local))),
+    finetune=(_ALA,), evaluates="shared",
+)
+# FedProto (Tan et al., AAAI 2022): CE + λ·prototype distance; replies with prototypes only.
+FEDPROTO = ClientSpec(train=(Phase("fedproto", "net.", "local_epochs", routine=Routine(train_fedproto)),))

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from clients import specs
+from clients.apfl import MixtureModel
+from clients.fedala import ALAModel
+from clients.fedproto import PrototypeModel
+from clients.fedrod import RoDModel
 from clients.phases import ClientSpec
 from clients.routines import DittoModel
 from fedsim.config import Config
@@ -28,6 +32,22 @@ def _base(data: Dataset, config: Config) -> nn.Module:
 
 def _ditto_pair(data: Dataset, config: Config) -> nn.Module:
     return DittoModel(_base(data, config), _base(data, config))
+
+
+def _apfl(data: Dataset, config: Config) -> nn.Module:
+    return MixtureModel(_base(data, config), _base(data, config), config.apfl_alpha)
+
+
+def _fedrod(data: Dataset, config: Config) -> nn.Module:
+    return RoDModel(_base(data, config))
+
+
+def _fedala(data: Dataset, config: Config) -> nn.Module:
+    return ALAModel(_base(data, config), _base(data, config), config.fedala_layers)
+
+
+def _fedproto(data: Dataset, config: Config) -> nn.Module:
+    return PrototypeModel(_base(data, config))
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,14 @@ ALGORITHMS: dict[str, Algorithm] = {
     "fedbabu": Algorithm("strategies.fedbabu:FedBABU", specs.FEDBABU),
     "ditto": Algorithm("strategies.ditto:Ditto", specs.DITTO, _ditto_pair),
     "kd3a": Algorithm("strategies.kd3a:KD3A", specs.KD3A_SOURCE),
+    "fedprox": Algorithm("strategies.fedprox:FedProx", specs.FEDPROX),
+    "fedbn": Algorithm("strategies.fedbn:FedBN", specs.FEDBN),
+    "pfedme": Algorithm("strategies.pfedme:PFedMe", specs.PFEDME, _ditto_pair),
+    "perfedavg": Algorithm("strategies.perfedavg:PerFedAvg", specs.PERFEDAVG),
+    "apfl": Algorithm("strategies.apfl:APFL", specs.APFL, _apfl),
+    "fedrod": Algorithm("strategies.fedrod:FedRoD", specs.FEDROD, _fedrod),
+    "fedala": Algorithm("strategies.fedala:FedALA", specs.FEDALA, _fedala),
+    "fedproto": Algorithm("strategies.fedproto:FedProto", specs.FEDPROTO, _fedproto),
 }
 
 
