@@ -201,8 +201,8 @@ def test_kept_momentum_makes_two_rounds_one_continuous_optimiser(path):
     config = Config(local_epochs=1, momentum=0.9, keep_optimizer_state=True, batch_size=4)
     xs, ys = cohort_data([9, 6])
     initial = stacked(model, 2)  # the loop path leaves the model at its last client
-    kept = {**{k: v.clone() for k, v in initial.items()}, **{engine.MOMENTUM + n: torch.zeros_like(v).unsqueeze(0).repeat(
-        2, *([1] * v.dim())) for n, v in model.named_parameters()}}
+    kept = {k: v.clone() for k, v in initial.items()}
+    kept.update({engine.MOMENTUM + n: torch.zeros_like(v) for n, v in initial.items()})
     gens = generators(2)
     for _ in range(2):
         engine.train_cohort(model, specs.FEDAVG.train, kept, xs, ys, config, gens, path)
@@ -224,10 +224,31 @@ def test_summary_says_which_path_ran_and_on_fails_before_ray(tmp_path):
     run_rounds(InProcessGrid(app, 2), config, writer, 2)
     assert writer.finish()["engine"] == {"train": "vectorized", "finetune": "vectorized"}
     result = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", "--set", "dataset=digit5-synth", "--set", "partitioner=domain",
-         "--set", "model=cnn32bn", "--set", "synth-per-class=5", "--set", "num-clients=5",
-         "--set", "vectorize=on", "--out", str(tmp_path / "bn")],
+        [sys.executable, "-m", "fedsim", "run", "--set", "dataset=digit5-synth",
+         "--set", "partitioner=domain", "--set", "model=cnn32bn", "--set", "synth-per-class=5",
+         "--set", "num-clients=5", "--set", "vectorize=on", "--out", str(tmp_path / "bn")],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "vectorize = 'on' but 'fedrep' cannot run vectorized: the model has BatchNorm" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "bn" / "metrics.jsonl").exists()
+
+
+def test_linear_softmax_step_is_the_exact_cross_entropy_gradient():
+    from clients.vectorized import linear_softmax_step
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, generator=g)
+    x, y = torch.randn(2, 5, 4, generator=g), torch.tensor([[0, 2, 1, 1, 0], [2, 2, 0, 1, 1]])
+    n = torch.tensor([5, 3])  # client 1 has 3 real samples, 2 padding
+    mask = (torch.arange(5) < n.unsqueeze(1)).float()
+    loss, (g_weight, g_bias) = linear_softmax_step(weight, bias, x, y, mask, n, torch.tensor([True, True]))
+    for c in range(2):
+        w, b = weight[c].clone().requires_grad_(), bias[c].clone().requires_grad_()
+        expected = torch.nn.functional.cross_entropy(x[c, : n[c]] @ w.T + b, y[c, : n[c]])
+        expected.backward()
+        torch.testing.assert_close(loss[c], expected.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(g_weight[c], w.grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(g_bias[c], b.grad, rtol=1e-5, atol=1e-7)
+    only_first = torch.tensor([True, False])
+    _, (idle_weight, idle_bias) = linear_softmax_step(weight, bias, x, y, mask, n, only_first)
+    assert idle_weight[1].abs().sum() == 0 and idle_bias[1].abs().sum() == 0  # inactive: no gradient
