@@ -96,9 +96,34 @@ def linear_regression(config: Config) -> Dataset:
     )
 
 
+def synthetic(config: Config) -> Dataset:
+    """FedProx's Synthetic(α, β) (Li et al., MLSys 2020, Sec. 5.1; LEAF): client k labels
+    x ∈ R⁶⁰ by y = argmax softmax(Wₖx + bₖ) over 10 classes, with Wₖ, bₖ ~ N(uₖ, 1),
+    uₖ ~ N(0, α); x ~ N(vₖ, Σ), Σⱼⱼ = j^-1.2, vₖ ~ N(Bₖ, 1), Bₖ ~ N(0, β). Each client
+    has ``samples-per-client`` training and max(5, m/4) test samples (the paper draws
+    power-law sizes; equal sizes keep scaling runs comparable). Any number of clients:
+    the scaling benchmark's data."""
+    rng = np.random.default_rng([config.seed, 11])
+    n, m, d, c = config.num_clients, config.samples_per_client, 60, 10
+    m_test = max(5, m // 4)
+    u = rng.normal(0, np.sqrt(config.synthetic_alpha), n)
+    big_b = rng.normal(0, np.sqrt(config.synthetic_beta), n)
+    normal = functools.partial(rng.standard_normal, dtype=np.float32)
+    weight = u[:, None, None].astype(np.float32) + normal((n, c, d))
+    bias = u[:, None].astype(np.float32) + normal((n, c))
+    v = big_b[:, None].astype(np.float32) + normal((n, d))
+    scale = (np.arange(1, d + 1) ** -0.6).astype(np.float32)  # sqrt of Σⱼⱼ = j^-1.2
+    x = v[:, None, :] + normal((n, m + m_test, d)) * scale
+    y = np.argmax(np.matmul(x, weight.transpose(0, 2, 1)) + bias[:, None, :], axis=2)
+    starts = np.arange(n) * (m + m_test)
+    natural = [ClientSplit(s + np.arange(m), s + np.arange(m, m + m_test)) for s in starts]
+    return Dataset("synthetic", x.reshape(-1, d), y.reshape(-1).astype(np.int64), c, natural=natural)
+
+
 DATASETS: dict[str, Callable[[Config], Dataset]] = {
     "digits": load_digits_dataset,
     "linear-regression": linear_regression,
+    "synthetic": synthetic,
 }
 
 DATASET_DEFAULTS: dict[str, dict[str, object]] = {
@@ -109,6 +134,7 @@ DATASET_DEFAULTS: dict[str, dict[str, object]] = {
         "head_solver": "lstsq", "body_epochs": 1, "local_epochs": 1, "batch_size": 100000,
         "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "body_qr": True,
     },
+    "synthetic": {"partitioner": "natural"},
 }
 """Per-dataset defaults, used for every key the config file and --set leave unset."""
 
@@ -318,24 +344,28 @@ def _pools(data: Dataset, test_fraction: float, rng: np.random.Generator):
 
 def _split_by_domain(data: Dataset, config: Config, rng: np.random.Generator) -> list[ClientSplit]:
     """Client i holds domain i mod D (D = number of domains): the domain's training pool
-    cut iid among its clients, test data drawn from the same domain and classes. With
-    ``target-domain`` the last client holds that domain alone (its training part is the
-    unlabeled target data) and the other clients share the remaining source domains."""
+    cut among its clients (iid, or with ``domain-split = "shards"`` ``classes-per-client``
+    classes each), test data drawn from the same domain and classes. With
+    ``target-domain`` the last ``target-clients`` clients hold that domain alone (cut iid;
+    their training part is the unlabeled target data) and the other clients share the
+    remaining source domains."""
     if data.domains is None:
         raise DataError(f"partitioner = 'domain' needs a multi-domain dataset; {data.name!r} has one domain")
     names = list(data.domain_names)
     sources = list(range(len(names)))
     holders = {d: [] for d in sources}
     clients = list(range(config.num_clients))
+    target = None
     if config.target_domain:
         if config.target_domain not in names:
             raise DataError(f"target-domain = {config.target_domain!r} is not a domain of "
                             f"{data.name!r} (domains: {', '.join(names)})")
         target = names.index(config.target_domain)
         sources.remove(target)
-        holders[target] = [clients.pop()]
+        holders[target] = config.targets()
+        clients = clients[: len(clients) - len(holders[target])]
     if len(clients) < len(sources):
-        needed = len(sources) + (1 if config.target_domain else 0)
+        needed = len(sources) + len(config.targets())
         raise DataError(f"partitioner = 'domain': num-clients = {config.num_clients} is fewer than "
                         f"the {needed} clients the {len(names)} domains of {data.name!r} need")
     for i, client in enumerate(clients):
@@ -347,7 +377,8 @@ def _split_by_domain(data: Dataset, config: Config, rng: np.random.Generator) ->
             continue
         train_d = train_pool[data.domains[train_pool] == d]
         test_d = test_pool[data.domains[test_pool] == d]
-        parts = [train_d[p] for p in iid(data.y[train_d], len(owners), rng, config)]
+        cut = shards if config.domain_split == "shards" and d != target else iid
+        parts = [train_d[p] for p in cut(data.y[train_d], len(owners), rng, config)]
         tests = match_test_split([data.y[p] for p in parts], test_d, data.y[test_d], rng)
         for owner, train, test in zip(owners, parts, tests):
             splits[owner] = ClientSplit(np.sort(train), np.sort(test))

@@ -308,4 +308,6 @@ def _print_progress(row: dict[str, Any], config: Config) -> None:
         if row.get(key) is not None:
             parts.append(f"{key.replace('_', '-')} {row[key]:.4g}")
     parts.append(f"{row['round_seconds']:.2f} s")
+    if row.get("notice"):  # e.g. KD3A: the vote accepted no target sample
+        parts.append(row["notice"])
     print("  ".join(parts), file=sys.stderr, flush=True)

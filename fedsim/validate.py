@@ -22,6 +22,7 @@ import fedsim.datasets  # noqa: F401 - registers the real datasets
 from fedsim.algorithms import ALGORITHMS  # the strategy table; imported here and nowhere else
 from fedsim.config import (
     REGISTRY,
+    STRATEGY_DEFAULTS,
     Config,
     ConfigError,
     check_choice,
@@ -60,11 +61,14 @@ def validate(config: Config) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the dataset's defaults (``DATASET_DEFAULTS``) for keys left unset,
+    """Defaults, then the strategy's (``STRATEGY_DEFAULTS``) and the dataset's defaults
+    (``DATASET_DEFAULTS``) for keys left unset,
     then the TOML file at ``path``, then ``key=value`` overrides; validated."""
     values = read_values(path, overrides)
     load_plugins(values.get("plugins", ""))  # a plugin may register the dataset and its defaults
     dataset = values.get("dataset", Config.dataset)
+    for name, value in STRATEGY_DEFAULTS.get(values.get("strategy", Config.strategy), {}).items():
+        values.setdefault(name, value)  # a strategy's defaults (KD3A's optimiser) yield to set keys
     for name, value in DATASET_DEFAULTS.get(dataset, {}).items():
         values.setdefault(name, value)
     config = Config(**values)
