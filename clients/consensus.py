@@ -10,31 +10,41 @@ import math
 import torch
 
 
-def knowledge_vote(probs: torch.Tensor, gate: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(consensus knowledge N × C, sample weights N).
-
-    A source votes for its top class on a sample when its top probability exceeds
-    ``gate``. The consensus class is the class with most votes (ties: lowest index); the
-    consensus knowledge is the mean probability vector of the sources that voted for it,
-    and the sample weight is how many did (0: no confident source, the sample is unused).
-    """
+def _vote(probs: torch.Tensor, gate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(consensus class N, its summed confidence N, any source confident N) — the
+    reference's ``knowledge_vote`` (FengHZ/KD3A, ``lib/utils/federated_utils.py``)."""
     top, choice = probs.max(dim=-1)  # K × N
     confident = top > gate
-    votes = torch.nn.functional.one_hot(choice, probs.shape[-1]) * confident.unsqueeze(-1)
-    consensus = votes.sum(dim=0).argmax(dim=-1)  # N
-    support = confident & (choice == consensus)  # K × N
-    count = support.sum(dim=0)
-    knowledge = (probs * support.unsqueeze(-1)).sum(dim=0) / count.clamp(min=1).unsqueeze(-1)
-    return knowledge, count.to(probs.dtype)
+    anyone = confident.any(dim=0)
+    counted = torch.where(anyone, confident, torch.ones_like(confident))  # none confident: all count
+    summed = probs.new_zeros(probs.shape[1:]).scatter_add_(
+        1, choice.T, (top * counted).T)  # N × C: each counted source adds its top prob to its class
+    consensus = summed.argmax(dim=-1)  # ties: the lowest class
+    return consensus, summed.gather(1, consensus.unsqueeze(1)).squeeze(1), anyone
+
+
+def knowledge_vote(probs: torch.Tensor, gate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(consensus knowledge N × C, sample weights N), KD3A's reference semantics.
+
+    A source is confident on a sample when its top probability exceeds ``gate``. Each
+    confident source adds its top probability to its top class; the consensus class is
+    the class with the largest sum (ties: lowest index) and the consensus knowledge is
+    its one-hot vector. The sample weight is 1 if any source is confident, else 0 (the
+    sample stays in the batch as a mixup partner and in the BatchNorm statistics, but its
+    own loss term is 0)."""
+    consensus, _, anyone = _vote(probs, gate)
+    knowledge = torch.nn.functional.one_hot(consensus, probs.shape[-1]).to(probs.dtype)
+    return knowledge, anyone.to(probs.dtype)
 
 
 def consensus_quality(probs: torch.Tensor, gate: float) -> torch.Tensor:
-    """Q = Σ_samples weight · max(consensus knowledge): how many confident sources agree,
-    and how sure they are (0 for an empty set of sources)."""
+    """Q = Σ over samples with a confident source of the consensus class's summed
+    confidence (0 for an empty set of sources). Adding a source never lowers Q, so
+    every consensus focus is >= 0."""
     if probs.shape[0] == 0:
         return probs.new_zeros(())
-    knowledge, weight = knowledge_vote(probs, gate)
-    return (weight * knowledge.max(dim=-1).values).sum()
+    _, confidence, anyone = _vote(probs, gate)
+    return (confidence * anyone).sum()
 
 
 def consensus_focus_exact(probs: torch.Tensor, gate: float) -> torch.Tensor:

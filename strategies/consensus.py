@@ -1,4 +1,4 @@
-"""KD3A's server-side maths: domain weights from the target's consensus focus."""
+"""KD3A's server-side maths: domain weights from the targets' votes, and their moving average."""
 
 from __future__ import annotations
 
@@ -6,14 +6,30 @@ import torch
 
 
 def domain_weights(
-    focus: torch.Tensor, confident_fraction: float
-) -> tuple[float, torch.Tensor]:
-    """(target weight, source weights), summing to 1: the target gets
-    ``confident_fraction / (K + 1)`` (at most an equal share, only as far as it has
-    confident pseudo-labels); the sources share the rest in proportion to their
-    non-negative consensus focus (equally if every focus is 0)."""
-    k = focus.shape[0]
-    target = confident_fraction / (k + 1)
-    positive = focus.clamp(min=0)
-    share = positive / positive.sum() if positive.sum() > 0 else torch.full_like(focus, 1.0 / k)
-    return target, (1.0 - target) * share
+    focus: torch.Tensor, confident_fractions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target weights T, source weights K), summing to 1. Target j gets
+    ``confident_fractions[j] / (K + T)`` (at most an equal share, only as far as its vote
+    accepted samples; the reference's ``/(K + 1)`` for one target); the sources share the
+    rest in proportion to their non-negative consensus focus (summed over the targets;
+    equally if every focus is 0)."""
+    k, t = focus.shape[0], confident_fractions.shape[0]
+    targets = confident_fractions.to(torch.float64) / (k + t)
+    positive = focus.to(torch.float64).clamp(min=0)
+    share = positive / positive.sum() if positive.sum() > 0 else torch.full_like(positive, 1.0 / k)
+    return targets, (1.0 - targets.sum()) * share
+
+
+def smooth_weights(
+    previous: dict[str, float], current: dict[str, float], momentum: float
+) -> dict[str, float]:
+    """The reference's EMA over the whole weight vector (targets and sources):
+    ``momentum · previous + (1 − momentum) · current`` per model, a model seen for the
+    first time starting from an equal share ``1/len(current)`` (the reference starts from
+    uniform weights), renormalised over the models of ``current`` (with sampled clients
+    the previous weights of absent ones are left out)."""
+    equal = 1.0 / len(current)
+    mixed = {key: momentum * previous.get(key, equal) + (1 - momentum) * value
+             for key, value in current.items()}
+    total = sum(mixed.values())
+    return {key: value / total for key, value in mixed.items()}

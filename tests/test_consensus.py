@@ -9,7 +9,7 @@ from clients.consensus import (
     consensus_quality,
     knowledge_vote,
 )
-from strategies.consensus import domain_weights
+from strategies.consensus import domain_weights, smooth_weights
 
 # 3 sources, 2 samples, 3 classes
 PROBS = torch.tensor([
@@ -21,30 +21,49 @@ PROBS = torch.tensor([
 
 def test_knowledge_vote_exact():
     knowledge, weight = knowledge_vote(PROBS, gate=0.9)
-    # sample 0: sources 0 and 1 vote class 0, source 2 class 1 -> class 0, 2 supporters
-    assert weight.tolist() == [2.0, 2.0]
-    torch.testing.assert_close(knowledge[0], torch.tensor([0.935, 0.065, 0.0], dtype=torch.float64))
-    # sample 1: sources 1 and 2 vote class 1
-    torch.testing.assert_close(knowledge[1], torch.tensor([0.0, 0.935, 0.065], dtype=torch.float64))
+    # sample 0: class 0 gets 0.95 + 0.92 = 1.87 (sources 0, 1), class 1 gets 0.99 (source 2)
+    # sample 1: source 0 is not confident; class 1 gets 0.96 + 0.91 from sources 1 and 2
+    assert weight.tolist() == [1.0, 1.0]  # binary: some source is confident
+    torch.testing.assert_close(knowledge, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                                       dtype=torch.float64))
 
 
-def test_gate_drops_unconfident_samples():
-    _, weight = knowledge_vote(PROBS, gate=0.97)
+def test_summed_confidence_not_vote_count_decides():
+    probs = torch.tensor([[[0.91, 0.09]], [[0.92, 0.08]], [[0.01, 0.99]], [[0.02, 0.98]],
+                          [[0.03, 0.97]]], dtype=torch.float64)  # 2 votes for 0 (1.83), 3 for 1 (2.94)
+    assert knowledge_vote(probs, 0.9)[0].tolist() == [[0.0, 1.0]]
+    probs = torch.tensor([[[0.91, 0.09]], [[0.92, 0.08]], [[0.05, 0.95]]], dtype=torch.float64)
+    assert knowledge_vote(probs, 0.9)[0].tolist() == [[1.0, 0.0]]  # 1.83 > 0.95
+    assert knowledge_vote(probs, 0.94)[0].tolist() == [[0.0, 1.0]]  # only 0.95 passes
+
+
+def test_gate_zeroes_unconfident_samples():
+    knowledge, weight = knowledge_vote(PROBS, gate=0.97)
     assert weight.tolist() == [1.0, 0.0]  # only source 2 passes, on sample 0
+    # no source passes on sample 1: every source's top class is summed (the reference's
+    # fallback), the sample keeps a label for mixup but weight 0
+    assert knowledge[1].tolist() == [0.0, 1.0, 0.0]  # 0.96 + 0.91 for class 1 > 0.70 for class 2
 
 
 def test_consensus_quality_exact():
-    assert consensus_quality(PROBS, 0.9).item() == pytest.approx(2 * 0.935 + 2 * 0.935)
+    assert consensus_quality(PROBS, 0.9).item() == pytest.approx(1.87 + 1.87)
     assert consensus_quality(PROBS[[2]], 0.9).item() == pytest.approx(0.99 + 0.91)
+    assert consensus_quality(PROBS[[0]], 0.9).item() == pytest.approx(0.95)  # sample 1: none confident
     assert consensus_quality(PROBS[[]], 0.9).item() == 0.0
 
 
 def test_exact_shapley_hand_computed_for_two_sources():
-    probs = PROBS[[0, 2]]  # Q({0}) = 0.95, Q({2}) = 1.90, Q({0,2}) = 0.95 (tie -> class 0) + 0.91
-    q0, q2, q02 = 0.95, 0.99 + 0.91, 0.95 + 0.91
+    probs = PROBS[[0, 2]]  # Q({0}) = 0.95, Q({2}) = 1.90, Q({0,2}) = 0.99 (class 1 wins) + 0.91
+    q0, q2, q02 = 0.95, 0.99 + 0.91, 0.99 + 0.91
     expected = [0.5 * q0 + 0.5 * (q02 - q2), 0.5 * q2 + 0.5 * (q02 - q0)]
     torch.testing.assert_close(consensus_focus_exact(probs, 0.9),
                                torch.tensor(expected, dtype=torch.float64))
+
+
+def test_consensus_focus_is_never_negative():
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.softmax(4 * torch.randn(5, 60, 4, generator=generator, dtype=torch.float64), -1)
+    assert (consensus_focus_exact(probs, 0.7) >= -1e-12).all()
 
 
 def test_shapley_values_sum_to_the_full_quality_and_sampling_agrees():
@@ -69,8 +88,21 @@ def test_a_label_shifted_source_gets_the_smallest_focus():
 
 
 def test_domain_weights():
-    target, sources = domain_weights(torch.tensor([3.0, 1.0, -2.0]), confident_fraction=0.8)
-    assert target == pytest.approx(0.2)
-    torch.testing.assert_close(sources, torch.tensor([0.6, 0.2, 0.0]))
-    _, flat = domain_weights(torch.zeros(2), 0.0)
-    torch.testing.assert_close(flat, torch.tensor([0.5, 0.5]))
+    target, sources = domain_weights(torch.tensor([3.0, 1.0, 0.0]), torch.tensor([0.8]))
+    torch.testing.assert_close(target, torch.tensor([0.2], dtype=torch.float64))  # 0.8 / (3 + 1)
+    torch.testing.assert_close(sources, torch.tensor([0.6, 0.2, 0.0], dtype=torch.float64))
+    _, flat = domain_weights(torch.zeros(2), torch.tensor([0.0]))
+    torch.testing.assert_close(flat, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # two targets: each at most an equal share of K + T = 4 models; the sources share the rest
+    targets, sources = domain_weights(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.4]))
+    torch.testing.assert_close(targets, torch.tensor([0.25, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(sources, torch.tensor([0.325, 0.325], dtype=torch.float64))
+
+
+def test_the_moving_average_covers_the_whole_weight_vector():
+    # first round: from uniform 1/3 each (the reference's initial weights), momentum 0.9
+    first = smooth_weights({}, {"t": 0.0, "0": 1.0, "1": 0.0}, 0.9)
+    assert first == pytest.approx({"t": 0.3, "0": 0.4, "1": 0.3})
+    second = smooth_weights(first, {"t": 0.3, "0": 0.7, "1": 0.0}, 0.9)
+    assert second == pytest.approx({"t": 0.3, "0": 0.43, "1": 0.27})
+    assert sum(smooth_weights(first, {"t": 0.5, "0": 0.5}, 0.9).values()) == pytest.approx(1.0)
