@@ -23,7 +23,7 @@ from clients import engine
 from clients.consensus import consensus_focus, knowledge_vote
 from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec
-from clients.routines import MOMENTUM, kd3a_epochs, train_on_consensus
+from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus
 from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
@@ -113,45 +113,81 @@ def train(msg: Message, context: Context) -> Message:
     })
     failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "failures": failures})
+    if msg.content["config"].get("send-personal", False):  # KD3A: the heads, for the targets' vote only
+        names = [n for n in actor.initial if n not in shared]
+        content["personal"] = pack_client_arrays({c: {n: personal.get(c, n) for n in names} for c in done})
     return Message(content, reply_to=msg)
 
 
 @app.train("distill")
 @_explained
 def distill(msg: Message, context: Context) -> Message:
-    """KD3A's target step: knowledge vote over the source models on the target's
-    unlabeled data, training on the consensus, consensus focus of every source."""
-    config, (target,), shared = _unpack(msg)
+    """KD3A's target step, for every named target client: knowledge vote over the source
+    models (received in this message, used here and never stored) on the target's
+    unlabeled data, the target's body and head trained on the consensus, consensus
+    focus of every source. Replies with each target's shared arrays, the sources'
+    BatchNorm statistics as the vote adapted them (``adapted-<target>``), the focus and
+    the confident fraction."""
+    config, targets, shared = _unpack(msg)
     actor = _actor(config.to_json())
     server_round = int(msg.content["config"]["server-round"])
     source_ids = [int(c) for c in msg.content["config"]["source-ids"]]
     sources = split_client_arrays(msg.content["sources"], source_ids)
-    x, _, _, _ = actor.tensors(target)  # the target's labels are never read
     personal = Personal.of(context)
-    probs = []
-    for source in source_ids:
-        state = {k: torch.from_numpy(v) for k, v in sources[source].items()}
-        model = actor.load(target, state, personal)
-        model.eval()
-        with torch.no_grad():
-            probs.append(torch.softmax(model(x), dim=-1).double())
-    stacked = torch.stack(probs)
+    round_config = actor.in_round(server_round)
     progress = (server_round - 1) / max(1, config.num_rounds - 1)
     gate = config.kd3a_gate_start + (config.kd3a_gate_end - config.kd3a_gate_start) * progress
-    knowledge, weight = knowledge_vote(stacked, gate)
-    generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, stream=3))
-    focus = consensus_focus(stacked, gate, config.kd3a_exact_up_to, config.kd3a_permutations, generator)
-    model = actor.load(target, shared, personal)
-    loss = train_on_consensus(model, x, knowledge.float(), weight.float(), kd3a_epochs(config),
-                              actor.in_round(server_round),
-                              generator)
-    out = pack_client_arrays({target: _keep_personal(personal, target, model, shared)})
+    statistics = [name for name in shared if name.endswith(("running_mean", "running_var",
+                                                             "num_batches_tracked"))]
+    out, focus, fractions, losses, examples = {}, [], [], [], []
+    content = RecordDict()
+    for target in targets:
+        x = actor.tensors(target)[0]  # the target's labels are never read
+        generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, stream=3))
+        probs, adapted = [], {}
+        for source in source_ids:
+            model = actor.load(target, {k: torch.from_numpy(v) for k, v in sources[source].items()}, personal)
+            # the same vote batches for every source
+            vote_generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, 5))
+            probs.append(predict_in_train_mode(model, x, config.batch_size, vote_generator))
+            state = model.state_dict()
+            adapted[source] = {name: state[name].detach().cpu().numpy().copy() for name in statistics}
+        stacked = torch.stack(probs)
+        knowledge, weight = knowledge_vote(stacked, gate)
+        focus += consensus_focus(stacked, gate, config.kd3a_exact_up_to, config.kd3a_permutations,
+                                 generator).tolist()
+        model = actor.load(target, shared, personal)
+        kept = _kept_momentum(actor, personal, target) if actor.keeps_momentum else None
+        epochs = kd3a_epochs(config) if config.kd3a_distill else 0.0
+        losses.append(train_on_consensus(model, x, knowledge.float(), weight.float(), epochs,
+                                         round_config, generator, kept))
+        if kept is not None:
+            for i, (name, _) in enumerate(model.named_parameters()):
+                if i in kept:
+                    personal.put(target, MOMENTUM + name, kept[i].detach().cpu().numpy())
+        out[target] = _keep_personal(personal, target, model, shared)
+        fractions.append(float(weight.mean()))
+        examples.append(len(x))
+        if statistics:
+            content[f"adapted-{target}"] = pack_client_arrays(adapted)
     personal.save(context)
-    metrics = MetricRecord({
-        "num-examples": len(x), "source-ids": source_ids, "focus": focus.tolist(),
-        "confident-fraction": float((weight > 0).double().mean()), "train-loss": loss,
+    content["arrays"] = pack_client_arrays(out)
+    content["metrics"] = MetricRecord({
+        "num-examples": sum(examples), "client-ids": targets, "client-examples": examples,
+        "source-ids": source_ids, "focus": focus, "confident-fraction": fractions, "train-loss": losses,
+        "gate": gate,
     })
-    return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
+    return Message(content, reply_to=msg)
+
+
+def _kept_momentum(actor: _Actor, personal: Personal, client: int) -> dict[int, torch.Tensor]:
+    """``client``'s kept momentum buffers by parameter index (``keep-optimizer-state``),
+    as the engine keeps them: state entries ``momentum:<param>``, zeros the first time."""
+    kept = {}
+    for i, (name, _) in enumerate(actor.model.named_parameters()):
+        array = personal.get(client, MOMENTUM + name)
+        kept[i] = actor.entries[MOMENTUM + name].clone() if array is None else torch.from_numpy(array.copy())
+    return kept
 
 
 @app.evaluate()
@@ -212,6 +248,7 @@ class _Actor:
         self.entries = dict(self.initial)  # what a client's state holds: the model, kept momentum
         for name in engine.momentum_entries(self.model, config):
             self.entries[name] = torch.zeros_like(self.initial[name.removeprefix(MOMENTUM)])
+        self.keeps_momentum = bool(engine.momentum_entries(self.model, config))
         self.slots = self.model.state_dict(keep_vars=True)  # the model's own tensors
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -339,12 +376,16 @@ class _Actor:
 
 
 def corrupt(x: np.ndarray, y: np.ndarray, num_classes: int, config: Config, client: int):
-    """A malicious source's training data: labels shifted by one class (the reference's
-    attack) or, with ``malicious-mode = "noise"``, images replaced by uniform noise (an
-    irrelevant domain)."""
-    if config.malicious_mode == "shift":
-        return x, (y + 1) % num_classes
+    """A malicious source's training data: the labels of a seeded random
+    ``malicious-fraction`` of its samples shifted by one class (the reference's attack
+    shifts the first m% of every batch) or, with ``malicious-mode = "noise"``, images
+    replaced by uniform noise (an irrelevant domain)."""
     rng = np.random.default_rng([config.seed, client, 4])
+    if config.malicious_mode == "shift":
+        shifted = rng.permutation(len(y))[: int(round(config.malicious_fraction * len(y)))]
+        y = y.copy()
+        y[shifted] = (y[shifted] + 1) % num_classes
+        return x, y
     return rng.random(x.shape, dtype=np.float32), y
 
 

@@ -134,12 +134,13 @@ def _sgd(
 def train_on_consensus(
     model: nn.Module, x: torch.Tensor, knowledge: torch.Tensor, weight: torch.Tensor,
     epochs: float, config: Config, generator: torch.Generator,
+    momentum: dict[int, torch.Tensor] | None = None,
 ) -> float:
-    """KD3A's target update: soft cross-entropy on the consensus knowledge of the samples
-    some source was confident about, weighted by their support, with mixup
-    (Beta(``kd3a-mixup``)) between shuffled pairs as in the reference code."""
-    keep = weight > 0
-    x, knowledge, weight = x[keep], knowledge[keep], weight[keep]
+    """KD3A's target update as in the reference code: mixup (λ ~ Beta(``kd3a-mixup``))
+    of every batch with a shuffled copy of itself, images and consensus labels mixed, the
+    loss ``mean over the batch of weight · cross-entropy(mixed consensus, output)`` with
+    the unmixed sample's weight. Unconfident samples (weight 0) stay in the batch: mixup
+    partners, BatchNorm statistics. ``momentum`` as in :func:`run_epochs`."""
     seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
     rng = np.random.default_rng(seed)
 
@@ -148,11 +149,32 @@ def train_on_consensus(
         partner = batch[torch.randperm(len(batch), generator=generator).to(batch.device)]
         mixed = lam * x[batch] + (1 - lam) * x[partner]
         target = lam * knowledge[batch] + (1 - lam) * knowledge[partner]
-        w = lam * weight[batch] + (1 - lam) * weight[partner]
         log_p = torch.log_softmax(model(mixed), dim=-1)
-        return (-(target * log_p).sum(dim=-1) * w).sum() / w.sum()
+        return (-(target * log_p).sum(dim=-1) * weight[batch]).mean()
 
-    return _sgd(model, model.parameters(), x, epochs, config, generator, batch_loss)
+    return _sgd(model, model.parameters(), x, epochs, config, generator, batch_loss, momentum=momentum)
+
+
+@torch.no_grad()
+def predict_in_train_mode(model: nn.Module, x: torch.Tensor, batch_size: int,
+                          generator: torch.Generator) -> torch.Tensor:
+    """Softmax outputs (float64) of ``model`` on ``x``, in shuffled batches of
+    ``batch_size`` with the model in train mode, as KD3A's reference runs the source
+    models in its knowledge vote: BatchNorm normalises each batch with its own (target)
+    statistics and its running statistics move toward the target's."""
+    model.train()
+    n = len(x)
+    order = torch.randperm(n, generator=generator).to(x.device)
+    per_epoch = max(1, n // batch_size if n % batch_size == 1 else math.ceil(n / batch_size))
+    out = None
+    for b in range(per_epoch):
+        batch = order[b * batch_size: n if b == per_epoch - 1 else (b + 1) * batch_size]
+        probs = torch.softmax(model(x[batch]), dim=-1).double()
+        if out is None:
+            out = probs.new_zeros(n, probs.shape[-1])
+        out[batch] = probs
+    assert out is not None
+    return out
 
 
 def kd3a_epochs(config: Config) -> float:

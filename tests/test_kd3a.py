@@ -8,13 +8,15 @@ import torch
 from inprocess import InProcessGrid
 
 from clients.app import _actor, app
-from clients.routines import _sgd, kd3a_epochs
+from clients.personal import personal_arrays
+from clients.routines import _sgd, kd3a_epochs, predict_in_train_mode
+from fedsim.algorithms import client_model
+from fedsim.checkpoint import load_checkpoint
 from fedsim.config import Config, ConfigError
 from fedsim.data import DataError, load_dataset, make_split
-from fedsim.history import RunWriter
+from fedsim.history import RunWriter, read_run
 from fedsim.server import run_rounds
 from fedsim.validate import load_config
-from fedsim.algorithms import client_model
 
 SETTING = ["dataset=digit5-synth", "partitioner=domain", "num-clients=5", "target-domain=usps",
            "synth-per-class=6", "num-rounds=2", "fraction-train=1.0", "batch-size=16"]
@@ -82,6 +84,10 @@ def test_kd3a_settings_are_validated():
         load_config(None, ["strategy=kd3a", "partitioner=domain", "dataset=digit5-synth"])
     with pytest.raises(ConfigError, match="needs partitioner = 'domain'"):
         load_config(None, ["target-domain=usps"])
+    with pytest.raises(ConfigError, match="malicious-fraction = 1.5"):
+        load_config(None, [*SETTING, "malicious-fraction=1.5"])
+    with pytest.raises(ConfigError, match="target-clients = 5"):
+        load_config(None, [*SETTING, "target-clients=5"])
     with pytest.raises(ConfigError, match="ids must be source clients 0..3"):
         load_config(None, [*SETTING, "malicious-sources=4"])
     with pytest.raises(ConfigError, match="kd3a-gate-end = 1.5"):
@@ -100,3 +106,135 @@ def test_malicious_sources_are_corrupted_in_their_actor_only():
     noisy = _actor(config.replace(malicious_mode="noise").to_json())
     assert not np.allclose(noisy.tensors(1)[0].numpy(), data.x[split.train])
     assert json.loads(config.to_json())["malicious-sources"] == "1"
+
+
+def node_clients(grid):
+    """node id -> the clients the server ever named in a message to it."""
+    out = {}
+    for msg in grid.sent:
+        if "config" in msg.content:
+            out.setdefault(msg.metadata.dst_node_id, set()).update(msg.content["config"]["clients"])
+    return out
+
+
+def test_heads_stay_personal_and_reach_targets_only_inside_a_distill_message(tmp_path):
+    config, grid, rows = run(tmp_path)
+    target = config.targets()[0]
+    for msg in grid.sent + grid.replies:
+        kind = msg.metadata.message_type
+        for name, record in msg.content.items():
+            if not hasattr(record, "to_numpy_ndarrays"):
+                continue
+            heads = [k for k in record.keys() if k.startswith("head.")]
+            if name == "sources":  # the sources' full models, only in the target's distill message
+                assert kind == "train.distill" and heads and target in msg.content["config"]["clients"]
+            elif name == "personal":  # the sources' heads, only in their train replies
+                assert kind == "train" and heads
+            else:  # what the server sends, aggregates and gets back from targets: bodies only
+                assert not heads, (kind, name)
+    # the server never aggregated a head: every model it sent holds only body arrays
+    for msg in grid.sent:
+        if "arrays" in msg.content:
+            assert all(k.startswith("body.") for k in msg.content["arrays"].keys())
+    # a node holds the personal state of its own clients only (no source head is stored
+    # on the target's node), the target's trained head and kept momentum among them
+    initial = client_model(config, load_dataset(config)).state_dict()
+    for node, clients in node_clients(grid).items():
+        kept = personal_arrays(grid.contexts[node])
+        assert {int(k.partition("/")[0]) for k in kept} <= clients
+        if target in clients:
+            head = kept[f"{target}/head.weight"]
+            assert not np.array_equal(head, initial["head.weight"].numpy())
+            assert f"{target}/momentum:head.weight" in kept
+    assert "target_weights" in rows[-1] and rows[-1]["confident_fraction"] >= 0
+
+
+def test_share_head_averages_whole_models(tmp_path):
+    _, grid, _ = run(tmp_path, "kd3a-share-head=true")
+    sent = {k for m in grid.sent if m.metadata.message_type == "train" for k in m.content["arrays"].keys()}
+    assert "head.weight" in sent
+
+
+def test_a_targets_head_persists_across_rounds_and_through_resume(tmp_path):
+    config = load_config(None, [*SETTING, "strategy=kd3a", "num-rounds=4", "checkpoint-every=2"])
+    whole = RunWriter(tmp_path / "whole", config.to_dict())
+    run_rounds(InProcessGrid(app, 2), config, whole, 2)
+    checkpoint = load_checkpoint(tmp_path / "whole")
+    target = config.targets()[0]
+    assert {f"{target}/head.weight", f"{target}/momentum:head.weight"} <= set(checkpoint.clients)
+
+    class Killed(Exception):
+        pass
+
+    def die_in_round_3(row, _):
+        if row["round"] == 3:
+            raise Killed
+
+    cut = RunWriter(tmp_path / "cut", config.to_dict())
+    with pytest.raises(Killed):
+        run_rounds(InProcessGrid(app, 2), config, cut, 2, progress=die_in_round_3)
+    checkpoint = load_checkpoint(tmp_path / "cut")
+    resumed = RunWriter(tmp_path / "cut", config.to_dict(), resume_after=checkpoint.round)
+    run_rounds(InProcessGrid(app, 3), config, resumed, 3, resume=checkpoint)  # another node layout
+    resumed.finish()
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
+
+    assert strip(read_run(tmp_path / "cut")[1]) == strip(whole.rows)
+
+
+def test_kd3a_defaults_are_the_references_optimiser_and_yield_to_set_keys():
+    config = load_config(None, [*SETTING[:-1], "strategy=kd3a"])
+    assert (config.lr, config.momentum, config.weight_decay, config.lr_schedule, config.lr_min,
+            config.keep_optimizer_state, config.batch_size) == (0.05, 0.9, 5e-4, "cosine", 0.001, True, 32)
+    assert config.kd3a_mixup == 2.0 and config.kd3a_ema == 0.9
+    config = load_config(None, [*SETTING, "strategy=kd3a", "lr=0.01", "lr-schedule=constant"])
+    assert (config.lr, config.lr_schedule, config.batch_size) == (0.01, "constant", 16)
+    assert load_config(None, SETTING).lr == Config().lr  # other strategies: untouched
+
+
+def test_an_empty_vote_is_reported_once_as_a_warning_naming_the_gate(tmp_path):
+    with pytest.warns(UserWarning, match="accepted no target sample.*gate 0.999") as caught:
+        _, _, rows = run(tmp_path, "kd3a-gate-start=0.999", "kd3a-gate-end=0.999")
+    assert len([w for w in caught if "accepted no target" in str(w.message)]) == 1
+    assert all(r["confident_fraction"] == 0 and "vote accepted no target sample" in r["notice"] for r in rows)
+
+
+def test_many_clients_per_domain_and_several_targets(tmp_path):
+    config, grid, rows = run(tmp_path, "num-clients=10", "target-clients=2", "domain-split=shards",
+                             "classes-per-client=3", "kd3a-exact-up-to=4", "kd3a-permutations=8")
+    data = load_dataset(config)
+    splits = make_split(config, data)
+    target_domain = data.domain_names.index("usps")
+    assert config.targets() == [8, 9]
+    for client, split in enumerate(splits):
+        domains = set(data.domains[split.train].tolist())
+        assert (domains == {target_domain}) == (client in (8, 9))
+        if client < 8:
+            assert len(set(data.y[split.train].tolist())) == 3
+    assert set(rows[-1]["target_weights"]) == {"8", "9"} and len(rows[-1]["source_weights"]) == 8
+    total = sum(rows[-1]["target_weights"].values()) + sum(rows[-1]["source_weights"].values())
+    assert total == pytest.approx(1.0)
+    distill = [m for m in grid.sent if m.metadata.message_type == "train.distill"]
+    assert sorted(c for m in distill for c in m.content["config"]["clients"]) == [8, 8, 9, 9]
+
+
+def test_malicious_fraction_shifts_that_share_of_the_labels():
+    config = load_config(None, [*SETTING, "malicious-sources=1", "malicious-fraction=0.5"])
+    actor = _actor(config.to_json())
+    clean = actor.data.y[actor.splits[1].train]
+    shifted = actor.tensors(1)[1].numpy() != clean
+    assert shifted.sum() == round(0.5 * len(clean))
+    np.testing.assert_array_equal(actor.tensors(1)[1].numpy()[shifted], (clean[shifted] + 1) % 10)
+
+
+def test_the_vote_normalises_with_the_target_batches_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    x = 5 + torch.randn(8, 3)
+    expected = torch.softmax(model.train()(x), -1).double()  # one batch: train-mode BatchNorm
+    model.load_state_dict({k: v for k, v in model.state_dict().items()} | {
+        "1.running_mean": torch.zeros(4), "1.num_batches_tracked": torch.tensor(0)})
+    probs = predict_in_train_mode(model, x, 8, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(probs, expected)
+    assert model[1].running_mean.abs().sum() > 0  # moved toward the target's statistics
