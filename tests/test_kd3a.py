@@ -17,6 +17,7 @@ from fedsim.data import DataError, load_dataset, make_split
 from fedsim.history import RunWriter, read_run
 from fedsim.server import run_rounds
 from fedsim.validate import load_config
+from fedsim.wire import split_client_arrays
 
 SETTING = ["dataset=digit5-synth", "partitioner=domain", "num-clients=5", "target-domain=usps",
            "synth-per-class=6", "num-rounds=2", "fraction-train=1.0", "batch-size=16"]
@@ -238,3 +239,25 @@ def test_the_vote_normalises_with_the_target_batches_statistics():
     probs = predict_in_train_mode(model, x, 8, torch.Generator().manual_seed(0))
     torch.testing.assert_close(probs, expected)
     assert model[1].running_mean.abs().sum() > 0  # moved toward the target's statistics
+
+
+def test_the_server_averages_bodies_with_the_sources_target_adapted_statistics(tmp_path):
+    config, grid, rows = run(tmp_path, "num-rounds=1", "eval-every=1")
+    trains = [m for m in grid.replies if m.metadata.message_type == "train"]
+    (distilled,) = [m for m in grid.replies if m.metadata.message_type == "train.distill"]
+    target = config.targets()[0]
+    sources = {}
+    for reply in trains:
+        sources.update(split_client_arrays(reply.content["arrays"], reply.content["metrics"]["client-ids"]))
+    ids = [int(c) for c in distilled.content["metrics"]["source-ids"]]
+    adapted = split_client_arrays(distilled.content[f"adapted-{target}"], ids)
+    mine = split_client_arrays(distilled.content["arrays"], [target])[target]
+    weights = {int(k): v for k, v in {**rows[0]["target_weights"], **rows[0]["source_weights"]}.items()}
+    (evaluate, *_) = [m for m in grid.sent if m.metadata.message_type == "evaluate"]
+    averaged = evaluate.content["arrays"]
+    for name in ("body.1.running_mean", "body.0.weight"):
+        models = {target: mine, **{c: {**sources[c], **adapted[c]} for c in ids}}
+        expected = sum(weights[c] * models[c][name].astype(np.float64) for c in models)
+        np.testing.assert_allclose(averaged[name].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the adapted statistics are not the sources' own: the vote moved them toward the target's
+    assert not np.allclose(adapted[ids[0]]["body.1.running_mean"], sources[ids[0]]["body.1.running_mean"])
