@@ -142,10 +142,10 @@ class Config:
     malicious_sources: str = _key("", "comma-separated source clients to corrupt")
     malicious_mode: str = _key("shift", "how malicious sources are corrupted: shift = labels + 1, "
                                         "noise = images replaced by noise", ("shift", "noise"))
-    # reliability
-    checkpoint_every: int = _key(0, "write checkpoint.npz every N rounds (0 = off); see fedsim resume")
     malicious_fraction: float = _key(1.0, "malicious-mode shift: share of the malicious source's "
                                           "training labels shifted (a seeded random subset)")
+    # reliability
+    checkpoint_every: int = _key(0, "write checkpoint.npz every N rounds (0 = off); see fedsim resume")
     client_dropout: float = _key(0.0, "probability that a sampled client does not answer (seeded)")
     client_crash: float = _key(0.0, "probability that a sampled client raises (seeded)")
     max_failures: int = _key(0, "failed clients tolerated per round; beyond it the run stops naming them")
@@ -220,15 +220,15 @@ class Config:
         if self.target_domain and self.partitioner != "domain":
             raise ConfigError(f"target-domain = {self.target_domain!r} needs partitioner = 'domain', "
                               f"not {self.partitioner!r}")
-        malicious = self.malicious_client_ids()
-        sources = self.num_clients - len(self.targets())
-        if any(not 0 <= c < sources for c in malicious):
         _at_least("target_clients", self.target_clients, 1)
         if self.target_domain and self.target_clients >= self.num_clients:
             raise ConfigError(f"target-clients = {self.target_clients}: must leave at least one source "
                               f"client of num-clients = {self.num_clients}")
         if not 0.0 <= self.malicious_fraction <= 1.0:
             raise ConfigError(f"malicious-fraction = {self.malicious_fraction}: must be in [0, 1]")
+        malicious = self.malicious_client_ids()
+        sources = self.num_clients - len(self.targets())
+        if any(not 0 <= c < sources for c in malicious):
             raise ConfigError(f"malicious-sources = {self.malicious_sources!r}: ids must be source "
                               f"clients 0..{sources - 1}")
         if self.partitioner == "file" and not self.split_file:
@@ -285,11 +285,6 @@ class Config:
             raise ConfigError(f"fedala-sample = {self.fedala_sample}: must be in (0, 1]")
 
 
-def flwr_config_section() -> str:
-    """The ``[tool.flwr.app.config]`` block of pyproject.toml: every key with its default,
-    so ``flwr run --run-config`` can override any of them. Regenerate after adding a key:
-    ``python -c "from fedsim.config import flwr_config_section as f; print(f())"``."""
-    lines = ["[tool.flwr.app.config]  # every fedsim config key; `fedsim run` ignores this section"]
 KD3A_DEFAULTS: dict[str, Any] = {
     # the reference's optimiser (FengHZ/KD3A, config/DigitFive.yaml): SGD momentum 0.9, weight
     # decay 5e-4, lr 0.05 cosine-annealed to 0.001, optimiser state kept. Batch 32 instead of
@@ -302,6 +297,11 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {"kd3a": KD3A_DEFAULTS}
 --set leave unset; they win over the dataset's defaults."""
 
 
+def flwr_config_section() -> str:
+    """The ``[tool.flwr.app.config]`` block of pyproject.toml: every key with its default,
+    so ``flwr run --run-config`` can override any of them. Regenerate after adding a key:
+    ``python -c "from fedsim.config import flwr_config_section as f; print(f())"``."""
+    lines = ["[tool.flwr.app.config]  # every fedsim config key; `fedsim run` ignores this section"]
     for key, value in Config().to_dict().items():
         lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
