@@ -62,8 +62,10 @@ class Config:
     # synthetic linear data (dataset = "linear-regression")
     linear_dim: int = _key(20, "linear-regression: input dimension d")
     linear_rank: int = _key(2, "linear-regression: rank k of the shared representation")
-    samples_per_client: int = _key(10, "linear-regression: training samples m per client")
+    samples_per_client: int = _key(10, "linear-regression and synthetic: training samples m per client")
     noise_std: float = _key(1e-3, "linear-regression: standard deviation of the label noise")
+    synthetic_alpha: float = _key(1.0, "synthetic: spread of the clients' models (Synthetic(alpha, beta))")
+    synthetic_beta: float = _key(1.0, "synthetic: spread of the clients' inputs (Synthetic(alpha, beta))")
     plugins: str = _key("", "comma-separated modules or .py files imported first (they register "
                             "partitioners, datasets)")
     # rounds and sampling
@@ -263,6 +265,9 @@ class Config:
             raise ConfigError(f"momentum = {self.momentum}: must be in [0, 1)")
         if self.linear_rank > self.linear_dim:
             raise ConfigError(f"linear-rank = {self.linear_rank}: must be <= linear-dim = {self.linear_dim}")
+        for name in ("synthetic_alpha", "synthetic_beta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key_of(name)} = {getattr(self, name)}: must be >= 0")
         if self.noise_std < 0:
             raise ConfigError(f"noise-std = {self.noise_std}: must be >= 0")
         if self.ditto_lambda < 0:

@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+from fedsim.config import Config
 from fedsim.data import DataError, load_dataset, make_split, register_flwr_partitioner
 from fedsim.models import build_model
 from fedsim.validate import load_config
@@ -130,3 +131,18 @@ def test_fedsim_split_writes_a_png(tmp_path):
                              "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_synthetic_is_fedprox_synthetic_with_natural_clients():
+    from fedsim.data import synthetic
+
+    config = Config(dataset="synthetic", partitioner="natural", num_clients=3, samples_per_client=8,
+                    synthetic_alpha=0.0, synthetic_beta=0.0)
+    data = synthetic(config)
+    assert data.x.shape == (3 * 13, 60) and data.num_classes == 10 and data.x.dtype == np.float32
+    assert [len(s.train) for s in data.natural] == [8, 8, 8] and [len(s.test) for s in data.natural] == [5] * 3
+    assert np.array_equal(synthetic(config).x, data.x)  # a function of the seed
+    assert not np.array_equal(synthetic(config.replace(seed=1)).x, data.x)
+    # alpha = beta = 0: every client's mean input is N(0, 1) per feature, its model N(0, 1)
+    spread = data.x.reshape(3, 13, 60).std(axis=1)
+    assert np.all(spread[:, -10:] < spread[:, :10].mean())  # Σⱼⱼ = j^-1.2 shrinks later features
