@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from strategies.aggregate import sample_clients, weighted_average
 from fedsim.wire import pack_client_arrays, split_client_arrays
+from strategies.aggregate import sample_clients, weighted_average
 
 
 def test_weighted_average_exact_numbers():

@@ -83,7 +83,8 @@ def test_client_exception_names_the_clients(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     spec = ClientSpec(train=(Phase("explode", "", "local_epochs", routine=Routine(explode)),))
-    monkeypatch.setitem(algorithms.ALGORITHMS, "fedrep", algorithms.Algorithm("strategies.fedrep:FedRep", spec))
+    algorithm = algorithms.Algorithm("strategies.fedrep:FedRep", spec)
+    monkeypatch.setitem(algorithms.ALGORITHMS, "fedrep", algorithm)
     with pytest.raises(ClientFailure, match=r"3 client\(s\) failed \(max-failures = 0\)\n  client \d: "
                        r"RuntimeError: disk on fire \(at .*test_apps_inprocess.py:\d+\)"):
         run(tmp_path)

@@ -5,17 +5,17 @@ import pytest
 import torch
 from inprocess import InProcessGrid
 
-from clients.app import app
-from clients.personal import personal_arrays
 from clients import specs
+from clients.app import app
 from clients.engine import train_one
+from clients.personal import personal_arrays
 from clients.routines import DittoModel
+from fedsim.algorithms import ALGORITHMS
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.history import RunWriter
 from fedsim.models import build_model
 from fedsim.server import run_rounds
-from fedsim.algorithms import ALGORITHMS
 
 
 def run(tmp_path, strategy, **changes):
@@ -104,7 +104,8 @@ def test_ditto_personal_model_moves_toward_the_global_one_as_lambda_grows():
         personal = build_model(data, 32, 1)  # start away from the global model
         model = DittoModel(shared, personal)
         received = [p.detach().clone() for p in shared.parameters()]
-        train_one(model, specs.DITTO.train, x, y, config.replace(ditto_lambda=lam), torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        train_one(model, specs.DITTO.train, x, y, config.replace(ditto_lambda=lam), generator)
         distances.append(sum(((p - r) ** 2).sum().item()
                              for p, r in zip(model.personal.parameters(), received)))
     assert distances[0] > distances[1] > distances[2]

@@ -252,3 +252,16 @@ def test_linear_softmax_step_is_the_exact_cross_entropy_gradient():
     only_first = torch.tensor([True, False])
     _, (idle_weight, idle_bias) = linear_softmax_step(weight, bias, x, y, mask, n, only_first)
     assert idle_weight[1].abs().sum() == 0 and idle_bias[1].abs().sum() == 0  # inactive: no gradient
+
+
+def test_quickstart_final_accuracy_is_the_same_vectorized_and_client_by_client(tmp_path):
+    from fedsim.history import summarize
+    from fedsim.validate import load_config
+
+    finals = []
+    for vectorize in ("off", "on"):
+        config = load_config("experiments/quickstart.toml", [f"vectorize={vectorize}"])
+        writer = RunWriter(tmp_path / vectorize, config.to_dict())
+        run_rounds(InProcessGrid(app, 2), config, writer, 2)
+        finals.append(summarize(writer.rows)["final_accuracy"])
+    assert abs(finals[0] - finals[1]) <= 0.003, finals
