@@ -10,7 +10,7 @@ daemons and actors; read from /proc, so Linux only).
     python experiments/bench.py                 # FedRep and FedAvg digits, 100 clients, 3 repeats
     python experiments/bench.py --workload fmnist --rounds 50   # FedRep Fashion-MNIST, 1000 clients, 10%
     python experiments/bench.py --workload cnn   # cnn28 on Fashion-MNIST, 100 clients, 10%
-    python experiments/bench.py --scaling --clients 1000,10000,100000 --fraction 0.01
+    python experiments/bench.py --scaling --clients 1000,10000,100000 --fraction 0.01   # Synthetic(1, 1)
 
 ``--set KEY=VALUE`` changes every workload's config (e.g. ``--set vectorize=off``).
 "fixed cost" is fedsim's wall time minus the sum of its rounds (start-up and shutdown);
@@ -216,10 +216,10 @@ def main() -> None:
                         help="a config value for every workload")
     args = parser.parse_args()
     workloads = [(name, o + [f"num-rounds={args.rounds}"]) for name, o in WORKLOADS[args.workload]]
-    if args.scaling:  # digits has too few samples for 1000+ clients
+    if args.scaling:  # FedProx's Synthetic(1, 1): any number of clients, 20 samples each
         workloads = [
-            (f"FedRep Fashion-MNIST (MLP), {n} clients, {args.fraction:.0%} per round", [
-                "dataset=fashion-mnist", "model=mlp", "partitioner=iid", f"num-clients={n}", "head-epochs=1",
+            (f"FedRep synthetic (MLP), {n} clients, {args.fraction:.0%} per round", [
+                "dataset=synthetic", "samples-per-client=20", f"num-clients={n}", "head-epochs=1",
                 f"fraction-train={args.fraction}", f"num-rounds={args.rounds}", f"eval-every={args.rounds}"])
             for n in args.clients
         ]
