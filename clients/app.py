@@ -27,6 +27,7 @@ from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train
 from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
+from fedsim.placement import choose_device
 from fedsim.validate import config_from_dict
 from fedsim.wire import pack_client_arrays, split_client_arrays
 
@@ -237,8 +238,7 @@ class _Actor:
     def __init__(self, config: Config) -> None:
         threads = max(1, int(config.client_num_cpus))
         torch.set_num_threads(threads)
-        use_gpu = config.client_num_gpus > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.device = choose_device(config.client_num_gpus, config.require_gpu)  # cuda = Ray's GPU
         self.config = config
         self.data = load_dataset(config)
         self.splits = make_split(config, self.data)

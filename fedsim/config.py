@@ -154,6 +154,8 @@ class Config:
     # execution
     client_num_cpus: float = _key(1.0, "CPUs per Ray actor (fractions allowed)")
     client_num_gpus: float = _key(0.0, "GPUs per Ray actor (fractions allowed, e.g. 0.25)")
+    require_gpu: bool = _key(False, "refuse to run when an actor assigned a GPU finds no CUDA device "
+                                    "(false: it says so once and runs on the CPU)")
     num_nodes: int = _key(0, "simulated Flower nodes; 0 = one per actor that fits (clients are packed "
                              "onto them)")
     ray_address: str = _key("", "attach to a running Ray cluster HOST:PORT (RAY_ADDRESS also works)")
@@ -276,6 +278,8 @@ class Config:
             raise ConfigError(f"weight-decay = {self.weight_decay}: must be >= 0")
         if self.client_num_gpus < 0:
             raise ConfigError(f"client-num-gpus = {self.client_num_gpus}: must be >= 0")
+        if self.require_gpu and self.client_num_gpus <= 0:
+            raise ConfigError("require-gpu = true needs client-num-gpus > 0")
         for name in ("fedprox_mu", "fedproto_lambda"):  # the personalized baselines (issue 17)
             if getattr(self, name) < 0:
                 raise ConfigError(f"{key_of(name)} = {getattr(self, name)}: must be >= 0")

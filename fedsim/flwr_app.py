@@ -3,6 +3,8 @@
 The run config comes from ``[tool.flwr.app.config]`` (plus ``--run-config``); the node
 count and per-node resources come from the Flower federation. Outputs go to
 ``runs/flwr-<strategy>-<dataset>-<time>`` under the ServerApp's working directory.
+``client_app`` is the ClientApp whose replies say which Ray actor ran them (``placement``
+in summary.json).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from clients.app import app
 from fedsim.history import RunWriter
+from fedsim.placement import PlacedClientApp
 from fedsim.server import run_rounds
 from fedsim.validate import config_from_dict
 
 server_app = ServerApp()
+client_app = PlacedClientApp(app)
 
 
 @server_app.main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from fedsim.checkpoint import Checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
+from fedsim.placement import Placement
 from fedsim.pump import REPLY_IN, SIGNALLED
 from strategies.aggregate import principal_angle_distance
 
@@ -37,7 +39,10 @@ def run_rounds(
     strategy = strategy_class(config.strategy)(config)
     if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls for replies every 0.1 s
         grid.pull_interval = 0.002
-    node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout)
+    placement = Placement()
+    node_by_pid = _identify_nodes(grid, num_nodes, config.round_timeout, placement)
+    _check_devices(placement, config)
+    writer.extra["placement"] = placement.table()
     data = load_dataset(config)
     nodes = assign_nodes([len(s.train) for s in client_splits(config)], len(node_by_pid))
     strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
@@ -54,7 +59,7 @@ def run_rounds(
     for server_round in range(first, config.num_rounds + 1):
         start = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(run_config), grid))
-        replies, failed = _exchange(grid, messages, config.round_timeout, tolerate=True)
+        replies, failed = _exchange(grid, messages, config.round_timeout, tolerate=True, placement=placement)
         dropped = [c for r in replies for c in r.content["failures"]["dropped"]]
         for reply in replies:
             report = reply.content["failures"]
@@ -66,7 +71,7 @@ def run_rounds(
                 f"(max-failures = {config.max_failures})\n  {details}"
             )
         distill = strategy.configure_distill(server_round, arrays, replies, ConfigRecord(run_config))
-        extra = _exchange(grid, distill, config.round_timeout)[0] if distill else []
+        extra = _exchange(grid, distill, config.round_timeout, placement=placement)[0] if distill else []
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies + extra)
         arrays = new_arrays if new_arrays is not None else arrays
         row: dict[str, Any] = {
@@ -83,7 +88,7 @@ def run_rounds(
         if server_round % config.eval_every == 0 or server_round == config.num_rounds:
             messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(run_config), grid))
             metrics = strategy.aggregate_evaluate(
-                server_round, _exchange(grid, messages, config.round_timeout)[0]
+                server_round, _exchange(grid, messages, config.round_timeout, placement=placement)[0]
             )
             assert metrics is not None
             row["accuracy"] = _number(metrics["accuracy"])
@@ -95,6 +100,7 @@ def run_rounds(
             if row["accuracy"] is None:  # regression: per-client test MSE instead
                 row["clients_loss"] = dict(zip(ids, map(_number, metrics["client-loss"])))
         row["round_seconds"] = round(time.perf_counter() - start, 4)
+        writer.extra["placement"] = placement.table()
         writer.log_round(row)
         if config.checkpoint_every and server_round % config.checkpoint_every == 0:
             save_checkpoint(writer.dir, Checkpoint(
@@ -163,8 +169,11 @@ def make_server_app(
     return app
 
 
-def _identify_nodes(grid: Grid, expected: int, timeout: float) -> dict[int, int]:
-    """Wait for the nodes to connect (start-up race), then ask each its partition id.
+def _identify_nodes(
+    grid: Grid, expected: int, timeout: float, placement: Placement | None = None
+) -> dict[int, int]:
+    """Wait for the nodes to connect (start-up race), then ask each its partition id
+    (the replies also say which Ray actor answered: ``placement``).
     ``expected`` = 0 waits until the node count has been stable for 3 s."""
     deadline = time.monotonic() + min(timeout, 120.0)
     seen, stable_since = -1, time.monotonic()
@@ -182,10 +191,23 @@ def _identify_nodes(grid: Grid, expected: int, timeout: float) -> dict[int, int]
     queries = [
         Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids
     ]
-    replies, _ = _exchange(grid, queries, timeout)
+    replies, _ = _exchange(grid, queries, timeout, placement=placement)
     return {
         int(r.content["metrics"]["partition-id"]): r.metadata.src_node_id for r in replies
     }
+
+
+def _check_devices(placement: Placement, config: Config) -> None:
+    """Actors assigned a GPU that find no CUDA device: refused under ``require-gpu``,
+    else said once (they run on the CPU)."""
+    lost = placement.without_cuda()
+    if not lost:
+        return
+    text = (f"{len(lost)} of {len(placement.actors)} Ray actor(s) were assigned a GPU "
+            f"(client-num-gpus = {config.client_num_gpus}) but find no CUDA device")
+    if config.require_gpu:
+        raise ClientFailure(f"{text}; require-gpu = true, so the run stops")
+    print(f"fedsim: {text}; they run on the CPU", file=sys.stderr, flush=True)
 
 
 def _reason(text: str) -> str:
@@ -217,12 +239,15 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
 
 
 def _exchange(
-    grid: Grid, messages: list[Message], timeout: float, tolerate: bool = False
+    grid: Grid, messages: list[Message], timeout: float, tolerate: bool = False,
+    placement: Placement | None = None,
 ) -> tuple[list[Message], dict[int, str]]:
     """send_and_receive that never hides a failure: returns the good replies and, per
     client of a failed or missing reply, the reason. Unless ``tolerate``, any failure
-    raises ClientFailure naming the clients."""
+    raises ClientFailure naming the clients. ``placement`` notes which actor answered."""
     replies = send_and_receive(grid, messages, timeout)
+    if placement is not None:
+        placement.observe(replies)
     clients_of = {
         m.metadata.dst_node_id: list(m.content["config"]["clients"]) if "config" in m.content else []
         for m in messages

@@ -180,7 +180,8 @@ def _simulate(
 ) -> None:
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
+    from clients.app import app
+    from fedsim.placement import PlacedClientApp, describe
     from fedsim.server import make_server_app
 
     backend_config = {
@@ -196,11 +197,13 @@ def _simulate(
             server_app=make_server_app(
                 config, writer, num_nodes, _print_progress if progress else None, checkpoint
             ),
-            client_app=client_app,
+            client_app=PlacedClientApp(app),  # replies say which actor ran them
             num_supernodes=num_nodes,
             backend_config=backend_config,  # type: ignore[arg-type]
             verbose_logging=config.verbose,
         )
+    if progress and "placement" in writer.extra:
+        print(describe(writer.extra["placement"]), file=sys.stderr, flush=True)
     if len(writer.rows) < config.num_rounds:
         raise RunFailed(f"the simulation stopped after {len(writer.rows)} of {config.num_rounds} rounds")
 
@@ -272,18 +275,35 @@ def _start_ray(config: Config) -> int:
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if config.client_num_cpus > cpus or config.client_num_gpus > gpus:
+    actors = actors_that_fit(config.client_num_cpus, config.client_num_gpus, _node_resources())
+    if not actors:
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         raise ConfigError(
             f"client-num-cpus = {config.client_num_cpus}, client-num-gpus = "
-            f"{config.client_num_gpus}: the Ray cluster has {cpus} CPUs and {gpus} GPUs, so "
-            f"no client actor fits"
+            f"{config.client_num_gpus}: the Ray cluster has {cpus} CPUs and {gpus} GPUs "
+            f"(declared ones count), so no client actor fits on any of its nodes"
         )
-    actors = int(cpus // config.client_num_cpus)
-    if config.client_num_gpus > 0:
-        actors = min(actors, int(gpus // config.client_num_gpus))
-    return min(config.num_nodes or max(1, actors), config.num_clients)
+    return min(config.num_nodes or actors, config.num_clients)
+
+
+def _node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive") and node["Resources"]]
+
+
+def actors_that_fit(num_cpus: float, num_gpus: float, nodes: list[dict[str, float]]) -> int:
+    """How many actors of ``num_cpus`` CPUs and ``num_gpus`` GPUs Flower's pool creates:
+    counted node by node (an actor does not span nodes), as Flower does. GPUs may be
+    declared ones (``ray start --num-gpus``): Ray schedules them as logical resources."""
+    total = 0
+    for resources in nodes:
+        actors = int(resources.get("CPU", 0.0) / num_cpus)
+        if num_gpus > 0:
+            actors = min(actors, int(resources.get("GPU", 0.0) / num_gpus))
+        total += actors
+    return total
 
 
 def _stop_ray() -> None:
