@@ -45,11 +45,14 @@ def _run_dir(pattern: str) -> tuple[str, ...]:
 
 SETUP = "the tests already run in an installed virtual environment"
 FLWR = ("`flwr run` needs a SuperLink started in the background and writes ~/.flwr/config.toml; "
-        "its ServerApp runs the same round loop as `fedsim run`")
+        "tests/test_flwr_run.py runs the same steps with a free port and its own FLWR_HOME")
 COMMANDS: dict[str, Run | str] = {
     "python3.11 -m venv .venv": SETUP,
     ". .venv/bin/activate": SETUP,
     "pip install -e .": SETUP,
+    "pip install torch --index-url https://download.pytorch.org/whl/cpu":
+        ".ci/run installs torch this way (a local CPU wheel where PyTorch's index is out of reach) and "
+        "fails if a CUDA build of torch or an nvidia-* package got in",
     'pip install -q -e ".[test]"': SETUP,
     "python -m pytest": "the test suite itself",
     "fedsim run experiments/quickstart.toml": Run(f"{SHRINK} --out runs/rep", _run_dir("runs/rep")),
@@ -78,7 +81,8 @@ COMMANDS: dict[str, Run | str] = {
             instead=f"fedsim split experiments/quickstart.toml {SHRINK} -o split.png"),
     'python -c "from fedsim.synth_digits import save_samples_png; save_samples_png(\'samples.png\')"':
         Run(files=("samples.png",), ray=False),
-    "pip install 'fedsim[flwr-datasets]'": "installs an optional extra; tests/test_datasets.py covers it",
+    "pip install 'fedsim[flwr-datasets]'":
+        "an optional extra: .ci/run installs it, tests/test_flwr_datasets.py uses it",
     "fedsim run --set plugins=my_splits.py --set partitioner=two-groups":
         Run(SHRINK, _run_dir("runs/fedrep-digits-*")),
     "fedsim run experiments/quickstart.toml --set plugins=fedrep_prox.py --set strategy=fedrep-prox":
