@@ -56,6 +56,9 @@ ATTACKS = {"shift-1.0": ["malicious-fraction=1.0"], "shift-0.5": ["malicious-fra
            "noise": ["malicious-mode=noise"]}
 
 
+EXECUTION = {"ray-address", "verbose", "round-timeout", "num-nodes"}  # where a run ran, not what it computed
+
+
 def reusable(run_dir: Path, config: Config) -> bool:
     """A completed run of ``config``, keys added since it ran being at their defaults."""
     try:
@@ -65,7 +68,8 @@ def reusable(run_dir: Path, config: Config) -> bool:
         return False
     now = json.loads(json.dumps(config.to_dict()))
     defaults = {key_of(f.name): f.default for f in fields(Config)}
-    return done and all(stored[k] == v if k in stored else v == defaults[k] for k, v in now.items())
+    return done and all(stored[k] == v if k in stored else v == defaults[k]
+                        for k, v in now.items() if k not in EXECUTION)
 
 
 def simulate(out: Path, name: str, overrides: list[str], reuse_only: bool = False) -> list[dict]:
