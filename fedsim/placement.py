@@ -4,8 +4,10 @@ Flower's Ray backend keeps a pool of actors and hands each message to whichever 
 idle, so a Flower node is not pinned to an actor. Every reply therefore says which actor
 produced it (:class:`PlacedClientApp`), and the server gathers, per actor, its Ray node,
 CPU share, GPU ids and the logical clients whose messages it ran (:class:`Placement`,
-``summary.json["placement"]``). The start-up ``identify`` queries reach every actor once:
-they are the first messages of a run, one per node, and one per actor by default.
+``summary.json["placement"]``). An actor that never ran a message is not listed; in
+practice each runs one of the start-up ``identify`` queries (one per node, one node per
+actor by default, all sent at once while every actor is still starting), which
+``tests/test_cluster.py`` relies on.
 """
 
 from __future__ import annotations
