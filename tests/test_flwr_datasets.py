@@ -25,7 +25,7 @@ MAKERS = {
                                                      seed=1),
     "flwr-pathological": lambda n: PathologicalPartitioner(num_partitions=n, partition_by="label",
                                                            num_classes_per_partition=2, seed=1,
-                                                           first_class_deterministic_assignment=True),
+                                                           class_assignment_mode="first-deterministic"),
     "flwr-shard": lambda n: ShardPartitioner(num_partitions=n, partition_by="label",
                                              num_shards_per_partition=2, seed=1),
 }
