@@ -259,7 +259,9 @@ def _start_ray(config: Config) -> int:
     of Flower nodes: ``num-nodes``, or one per actor that fits (at most one per client)."""
     import ray
 
-    address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
+    # Without an address fedsim starts its own local Ray: ray.init() with none would attach to
+    # whatever cluster `ray start` (or a test's Cluster) last left running on this machine.
+    address = config.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     pythonpath = os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = pythonpath
     env = {"env_vars": {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}}
@@ -271,7 +273,7 @@ def _start_ray(config: Config) -> int:
                 include_dashboard=False,
                 log_to_driver=config.verbose,
                 logging_level=logging.INFO if config.verbose else logging.ERROR,
-                runtime_env=env if address else None,  # a local cluster inherits os.environ
+                runtime_env=None if address == "local" else env,  # a local one inherits os.environ
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
