@@ -91,6 +91,8 @@ COMMANDS: dict[str, Run | str] = {
         Run("--set num-rounds=2 --out runs/file-split", _run_dir("runs/file-split")),
     "python experiments/bench.py": "a benchmark: minutes of timed runs, never a test",
     "python experiments/bench.py --scaling": "a benchmark: minutes of timed runs, never a test",
+    "python experiments/bench.py --scaling --clients 1000,10000,100000 --fraction 0.01":
+        "a benchmark: 100,000 clients take minutes and GiBs, never a test",
     "mkdir -p ~/.flwr": FLWR,
     "cat >> ~/.flwr/config.toml <<'EOF'": FLWR,
     "flower-superlink --insecure --simulation --disable-runtime-dependency-installation "
