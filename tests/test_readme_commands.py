@@ -90,7 +90,6 @@ COMMANDS: dict[str, Run | str] = {
     "fedsim run --set partitioner=file --set split-file=split.json --set num-clients=2":
         Run("--set num-rounds=2 --out runs/file-split", _run_dir("runs/file-split")),
     "python experiments/bench.py": "a benchmark: minutes of timed runs, never a test",
-    "python experiments/bench.py --scaling": "a benchmark: minutes of timed runs, never a test",
     "python experiments/bench.py --scaling --clients 1000,10000,100000 --fraction 0.01":
         "a benchmark: 100,000 clients take minutes and GiBs, never a test",
     "mkdir -p ~/.flwr": FLWR,
