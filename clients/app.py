@@ -71,6 +71,14 @@ def export_state(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": exported}), reply_to=msg)
 
 
+@app.query("reset")
+def reset_state(msg: Message, context: Context) -> Message:
+    """Forget every personal array this node holds: a new run starts (several runs of a
+    sweep share the nodes)."""
+    context.state.pop(PERSONAL, None)
+    return Message(RecordDict(), reply_to=msg)
+
+
 @app.query("restore")
 def restore_state(msg: Message, context: Context) -> Message:
     """Replace this node's personal arrays with the ones sent (resuming a checkpoint)."""
@@ -194,16 +202,22 @@ def _kept_momentum(actor: _Actor, personal: Personal, client: int) -> dict[int, 
 @app.evaluate()
 @_explained
 def evaluate(msg: Message, context: Context) -> Message:
-    """Test accuracy of every named client: received shared arrays + its own personal part."""
+    """Test accuracy of every named client: received shared arrays + its own personal part
+    (clients named under ``unseen`` never trained: they adapt first, see
+    :func:`clients.engine.adapt_unseen`). With ``val-fraction``, also the validation accuracy."""
     config, clients, shared = _unpack(msg)
     actor = _actor(config.to_json())
     server_round = int(msg.content["config"]["server-round"])
-    accuracies, losses = actor.evaluate(clients, shared, Personal.of(context), server_round)
+    unseen = {int(c) for c in msg.content["config"].get("unseen", [])}
+    results = actor.evaluate(clients, shared, Personal.of(context), server_round, unseen)
     examples = [len(actor.tensors(c)[3]) for c in clients]
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": clients, "client-examples": examples,
-        "client-accuracy": accuracies, "client-loss": losses,
+        "client-accuracy": results[0][0], "client-loss": results[0][1],
     })
+    if config.val_fraction:
+        metrics["client-val-accuracy"] = results[1][0]
+        metrics["client-val-examples"] = [len(actor.splits[c].val) for c in clients]
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
@@ -356,23 +370,44 @@ class _Actor:
 
     def evaluate(
         self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal, server_round: int,
-    ) -> tuple[list[float], list[float]]:
-        """(accuracy, loss) of every client, after the spec's fine-tuning (not kept)."""
+        unseen: set[int] = frozenset(),
+    ) -> list[tuple[list[float], list[float]]]:
+        """(accuracies, losses) of every client on its test data, then (with
+        ``val-fraction``) on its validation data, after the spec's fine-tuning (not kept);
+        the ``unseen`` clients adapt first (loop path, on a copy)."""
         path = self.paths.get("finetune", engine.LOOP)
-        accuracies, losses = [], []
+        results: list[tuple[list[float], list[float]]] = []
         for cohort in self.cohorts(clients, path):
             tensors = [self.tensors(c) for c in cohort]
             generators = [
                 torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, stream=1))
                 for c in cohort]
-            acc, loss = engine.evaluate_cohort(
-                self.model, self.spec, self.stack(cohort, shared, personal),
-                ([t[0] for t in tensors], [t[1] for t in tensors]),
-                ([t[2] for t in tensors], [t[3] for t in tensors]), self.in_round(server_round),
-                generators, path)
-            accuracies += acc
-            losses += loss
-        return accuracies, losses
+            states = self.stack(cohort, shared, personal)
+            train = ([t[0] for t in tensors], [t[1] for t in tensors])
+            config = self.in_round(server_round)
+            rows = [i for i, c in enumerate(cohort) if c in unseen]
+            if rows:
+                adapting = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, 6))
+                            for c in cohort]
+                engine.adapt_unseen(self.model, self.spec, states, rows, train, shared.keys(), config,
+                                    adapting)
+            sets = [([t[2] for t in tensors], [t[3] for t in tensors])]
+            if self.config.val_fraction:
+                sets.append(tuple(map(list, zip(*(self.val_tensors(c) for c in cohort)))))
+            cohort_results = engine.evaluate_sets(self.model, self.spec, states, train, sets, config,
+                                                  generators, path)
+            for i, (acc, loss) in enumerate(cohort_results):
+                if len(results) <= i:
+                    results.append(([], []))
+                results[i][0].extend(acc)
+                results[i][1].extend(loss)
+        return results
+
+    def val_tensors(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``client``'s validation inputs and labels (``val-fraction``) on the device."""
+        split = self.splits[client]
+        return (torch.from_numpy(self.data.x[split.val]).to(self.device),
+                torch.from_numpy(self.data.y[split.val]).to(self.device))
 
 
 def corrupt(x: np.ndarray, y: np.ndarray, num_classes: int, config: Config, client: int):

@@ -8,6 +8,8 @@ same stacked state, so the caller never knows which one ran.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -77,11 +79,12 @@ def train_cohort(
 def train_one(
     model: nn.Module, phases: tuple[Phase, ...], x: torch.Tensor, y: torch.Tensor, config: Config,
     generator: torch.Generator, start: dict[str, torch.Tensor] | None = None,
-    momentum: dict[str, torch.Tensor] | None = None,
+    momentum: dict[str, torch.Tensor] | None = None, frozen: Collection[str] = (),
 ) -> float:
     """One client's ``phases`` on ``model`` (loaded with its state) in place: the plain
     PyTorch loop. ``start`` (default: the model's state now) anchors proximal terms;
-    ``momentum`` (parameter name -> buffer, updated in place) is kept optimiser state."""
+    ``momentum`` (parameter name -> buffer, updated in place) is kept optimiser state;
+    parameters named in ``frozen`` never train (a phase left with none is skipped)."""
     start = start if start is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss = float("nan")
     for phase in phases:
@@ -90,7 +93,10 @@ def train_one(
             phase_loss = phase.routine.run(module, x, y, config, generator)  # type: ignore[union-attr]
             loss = phase_loss if phase_loss == phase_loss else loss
             continue
-        trained = [(n, p) for n, p in model.named_parameters() if n.startswith(phase.trains)]
+        trained = [(n, p) for n, p in model.named_parameters()
+                   if n.startswith(phase.trains) and n not in frozen]
+        if not trained:
+            continue
         penalty = None
         if phase.prox is not None:
             anchor = phase.trains if phase.prox.anchor is None else phase.prox.anchor
@@ -114,28 +120,80 @@ def train_one(
     return loss
 
 
+Sets = tuple[list[torch.Tensor], list[torch.Tensor]]  # every client's (inputs, labels)
+
+
 def evaluate_cohort(
-    model: nn.Module, spec: ClientSpec, states: dict[str, torch.Tensor],
-    train: tuple[list[torch.Tensor], list[torch.Tensor]], test: tuple[list[torch.Tensor], list[torch.Tensor]],
+    model: nn.Module, spec: ClientSpec, states: dict[str, torch.Tensor], train: Sets, test: Sets,
     config: Config, generators: list[torch.Generator], path: str,
 ) -> tuple[list[float], list[float]]:
     """(accuracy, loss) of every client on its test data, after ``spec.finetune`` on its
     training data (on a copy: nothing is kept), with the sub-module ``spec.evaluates``
     (vectorized: one batched forward over every client's test data)."""
+    return evaluate_sets(model, spec, states, train, [test], config, generators, path)[0]
+
+
+def evaluate_sets(
+    model: nn.Module, spec: ClientSpec, states: dict[str, torch.Tensor], train: Sets, tests: list[Sets],
+    config: Config, generators: list[torch.Generator], path: str,
+) -> list[tuple[list[float], list[float]]]:
+    """:func:`evaluate_cohort` on several data sets (test, validation) of the same
+    fine-tuned models: one (accuracies, losses) per set."""
     if spec.finetune:  # a fresh optimiser: kept training momentum stays out of it
         states = {k: v.clone() for k, v in states.items() if not k.startswith(MOMENTUM)}
         train_cohort(model, spec.finetune, states, *train, config, generators, path)
-    if path == LOOP:
-        results = []
-        for c, (x, y) in enumerate(zip(*test)):
-            _load_row(model, states, c)
-            results.append(evaluate(submodule(model, spec.evaluates), x, y))
-    else:
-        module = submodule(model, spec.evaluates)
-        prefix = f"{spec.evaluates}." if spec.evaluates else ""
-        params = {n[len(prefix):]: states[n] for n in states if n.startswith(prefix)}
-        results = [scores(output, y) for output, y in zip(outputs(module, params, test[0]), test[1])]
-    return [a for a, _ in results], [loss for _, loss in results]
+    out = []
+    for test in tests:
+        if path == LOOP:
+            results = []
+            for c, (x, y) in enumerate(zip(*test)):
+                _load_row(model, states, c)
+                results.append(evaluate(submodule(model, spec.evaluates), x, y))
+        else:
+            module = submodule(model, spec.evaluates)
+            prefix = f"{spec.evaluates}." if spec.evaluates else ""
+            params = {n[len(prefix):]: states[n] for n in states if n.startswith(prefix)}
+            results = [scores(output, y) for output, y in zip(outputs(module, params, test[0]), test[1])]
+        out.append(([a for a, _ in results], [loss for _, loss in results]))
+    return out
+
+
+def adapt_unseen(
+    model: nn.Module, spec: ClientSpec, states: dict[str, torch.Tensor], rows: list[int], train: Sets,
+    shared: Collection[str], config: Config, generators: list[torch.Generator],
+) -> None:
+    """Clients that never trained (``holdout-clients``), rows ``rows`` of ``states``
+    (the received shared arrays, their initial personal part), meet the model as the
+    strategy prescribes, in place: its training phases once on their own data with the
+    ``shared`` parameters frozen, so only the personal part adapts (FedRep/FedPer: a fresh
+    head on the received body; FedAvg: nothing; Local: from scratch). A personal parameter
+    with a proximal anchor starts at it (Ditto: the personal model from the global one).
+    A routine phase runs as declared, then the shared parameters are put back.
+    Fine-tuning phases follow in :func:`evaluate_sets`, as for every client."""
+    for c in rows:
+        _load_row(model, states, c)
+        received = {n: t.detach().clone() for n, t in model.state_dict().items() if n in shared}
+        for phase in spec.train:
+            if phase.prox is not None and phase.prox.anchor is not None:
+                _start_at_anchor(model, phase)
+            if phase.custom(config):
+                phase.routine.run(submodule(model, phase.forward), *(s[c] for s in train), config,  # type: ignore[union-attr]
+                                  generators[c])
+                with torch.no_grad():
+                    for name, slot in model.state_dict(keep_vars=True).items():
+                        if name in received:
+                            slot.copy_(received[name])
+            else:
+                train_one(model, (phase,), train[0][c], train[1][c], config, generators[c], frozen=shared)
+        _store_row(model, states, c)
+
+
+@torch.no_grad()
+def _start_at_anchor(model: nn.Module, phase: Phase) -> None:
+    state = model.state_dict(keep_vars=True)
+    for name, slot in state.items():
+        if name.startswith(phase.trains):
+            slot.copy_(state[phase.prox.anchor + name[len(phase.trains):]])  # type: ignore[union-attr]
 
 
 def _row(states: dict[str, torch.Tensor], c: int) -> dict[str, torch.Tensor]:

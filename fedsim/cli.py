@@ -1,4 +1,4 @@
-"""``fedsim run``, ``resume``, ``split``, ``plot`` and ``compare``.
+"""``fedsim run``, ``resume``, ``split``, ``plot``, ``compare`` and ``sweep``.
 
 Exit codes: 0 done; 1 a run failed (summary.json says why); 2 bad input, reported before
 anything starts (config, data, paths); 130 interrupted (Ctrl-C).
@@ -77,7 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated (default:\n%(default)s)")
     cmp_p.add_argument("--seeds", type=int_list, default=COMPARE_SEEDS,
                        help=f"comma-separated integers (default: {COMPARE_SEEDS})")
-    cmp_p.add_argument("--out", required=True, help="directory for runs/, table.md, curves.png")
+    cmp_p.add_argument("--out", required=True, help="directory for runs/, runs.csv, table.md, curves.png")
+    sw_p = sub.add_parser("sweep", help="a grid of config values x seeds on one Ray start",
+                          formatter_class=argparse.RawTextHelpFormatter)
+    sw_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
+    sw_p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                      help="values of one config key (repeatable; the grid is their\nCartesian product)")
+    sw_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help=set_help.replace("; ", ";\n"))
+    sw_p.add_argument("--seeds", type=int_list, default=COMPARE_SEEDS,
+                      help=f"comma-separated integers (default: {COMPARE_SEEDS})")
+    sw_p.add_argument("--select", choices=["val"],
+                      help="val: per strategy, the grid point with the best mean\nvalidation accuracy "
+                           "(needs val-fraction > 0) -> selection.md")
+    sw_p.add_argument("--out", required=True, help="directory for runs/, runs.csv, table.md, curves.png")
+    sw_p.add_argument("--progress", action="store_true", help="per-round progress lines")
     return parser
 
 
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "resume":
             return _resume(args)
         if args.command == "split":
@@ -112,16 +128,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from fedsim.compare import compare
-    from fedsim.simulation import RunFailed
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    try:
-        out = compare(args.config, args.set, strategies, args.seeds, args.out)
-    except RunFailed as exc:
-        print(f"fedsim: a run failed: {exc}", file=sys.stderr)
-        return 1
+    out, failed = compare(args.config, args.set, strategies, args.seeds, args.out)
+    return _grid_report(out, failed)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from fedsim.sweep import execute, parse_grid, plan
+
+    sweep = plan(args.config, args.set, parse_grid(args.grid), args.seeds, args.out)
+    failed = execute(sweep, args.progress, args.select)
+    return _grid_report(sweep.out, failed, args.select)
+
+
+def _grid_report(out, failed: list[str], select: str | None = None) -> int:
+    """Print the table (and the selection), say what was written; 1 if a run failed."""
+    from pathlib import Path
+
+    out = Path(out)
     print((out / "table.md").read_text())
-    print(f"wrote {out / 'table.md'} and {out / 'curves.png'}")
+    written = ["table.md", "runs.csv"] + (["curves.png"] if (out / "curves.png").is_file() else [])
+    if select:
+        print((out / "selection.md").read_text())
+        written.append("selection.md")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    if failed:
+        print(f"fedsim: {len(failed)} run(s) failed (their summary.json says why):\n  " + "\n  ".join(failed),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REGISTRY = "registry"
 """``choices`` of a key whose allowed values are a registry's names (read when needed)."""
 
@@ -73,6 +75,14 @@ class Config:
     fraction_train: float = _key(0.1, "share of clients sampled to train each round (seeded by seed, round)")
     fraction_evaluate: float = _key(1.0, "share of clients evaluated in an evaluation round")
     eval_every: int = _key(1, "evaluate every N rounds (and always the last)")
+    # experiment protocol
+    val_fraction: float = _key(0.0, "share of each client's training data set aside as its validation set "
+                                    "(rows then log val_accuracy; fedsim sweep --select val)")
+    holdout_clients: float = _key(0.0, "share of clients that never train (seeded); at every evaluation "
+                                       "they adapt to the received model as the strategy prescribes and "
+                                       "rows log unseen_accuracy")
+    tensorboard: bool = _key(False, "also write TensorBoard event files into the run directory (needs "
+                                    "the tensorboard extra)")
     # local training (FedRep's official recipe)
     head_epochs: int = _key(10, "FedRep: local epochs on the head (body frozen)")
     body_epochs: int = _key(1, "FedRep: local epochs on the body after the head (head frozen)")
@@ -183,6 +193,15 @@ class Config:
             return []
         return list(range(self.num_clients - self.target_clients, self.num_clients))
 
+    def holdout(self) -> list[int]:
+        """The clients kept out of training (``holdout-clients``): a seeded
+        round(p·clients), at least one when p > 0, sorted."""
+        if not self.holdout_clients:
+            return []
+        count = max(1, round(self.holdout_clients * self.num_clients))
+        rng = np.random.default_rng([self.seed, 7])
+        return sorted(int(c) for c in rng.permutation(self.num_clients)[:count])
+
     def to_json(self) -> str:
         """Canonical JSON of :meth:`to_dict` (sorted keys)."""
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -254,6 +273,16 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key_of(name)} = {value}: must be in [0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val-fraction = {self.val_fraction}: must be in [0, 1)")
+        if not 0.0 <= self.holdout_clients < 1.0:
+            raise ConfigError(f"holdout-clients = {self.holdout_clients}: must be in [0, 1)")
+        if self.holdout_clients and len(self.holdout()) >= self.num_clients:
+            raise ConfigError(f"holdout-clients = {self.holdout_clients}: leaves no client of "
+                              f"num-clients = {self.num_clients} to train")
+        if self.holdout_clients and self.target_domain:
+            raise ConfigError("holdout-clients needs no target-domain: the unlabeled target clients are "
+                              "already the ones that never train on labels")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test-fraction = {self.test_fraction}: must be in (0, 1)")
         _positive("lr", self.lr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,10 +28,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ClientSplit:
-    """Indices into the dataset that one client holds."""
+    """Indices into the dataset that one client holds (``val``: carved out of its
+    training data by ``val-fraction``, empty without)."""
 
     train: np.ndarray
     test: np.ndarray
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,25 @@ def make_split(config: Config, data: Dataset) -> list[ClientSplit]:
         tests = match_test_split([data.y[t] for t in trains], test_pool, data.y[test_pool], rng)
         splits = [ClientSplit(np.sort(a), np.sort(b)) for a, b in zip(trains, tests)]
     _check_split(splits, config)
-    return splits
+    return carve_validation(splits, config.val_fraction, config.seed) if config.val_fraction else splits
+
+
+def carve_validation(splits: list[ClientSplit], fraction: float, seed: int) -> list[ClientSplit]:
+    """Every client's validation set: a seeded round(fraction·n) of its n training
+    samples (at least one, and at least one left to train on), removed from its
+    training set. The test sets are untouched."""
+    out = []
+    for client, split in enumerate(splits):
+        n = len(split.train)
+        count = min(max(1, round(fraction * n)), n - 1)
+        if count < 1:
+            raise DataError(f"val-fraction = {fraction}: client {client} has {n} training sample(s), "
+                            f"too few to set any aside for validation")
+        chosen = np.random.default_rng([seed, client, 8]).permutation(n)[:count]
+        keep = np.ones(n, dtype=bool)
+        keep[chosen] = False
+        out.append(ClientSplit(split.train[keep], split.test, np.sort(split.train[chosen])))
+    return out
 
 
 def match_test_split(

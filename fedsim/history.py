@@ -59,12 +59,16 @@ class RunWriter:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over the last ``FINAL_WINDOW`` (10) evaluated rounds, as FedRep reports:
     ``final_accuracy`` (None for regression), ``final_loss`` (test loss; MSE for
-    regression) and ``final_distance`` (None unless logged); ``rounds_averaged`` says
-    how many rounds those means cover."""
+    regression) and ``final_distance`` (None unless logged), and where logged
+    ``final_val_accuracy``, ``final_unseen_accuracy`` and ``final_accuracy_p10``;
+    ``rounds_averaged`` says how many rounds those means cover."""
     evaluated = [r for r in rows if r.get("loss") is not None or r.get("accuracy") is not None]
     last = evaluated[-FINAL_WINDOW:]
     return {
         "final_accuracy": _mean(r.get("accuracy") for r in last),
+        **{f"final_{key}": _mean(r.get(key) for r in last)
+           for key in ("val_accuracy", "unseen_accuracy", "accuracy_p10")
+           if any(r.get(key) is not None for r in last)},
         "final_loss": _mean(r.get("loss") for r in last),
         "final_distance": _mean(r.get("distance") for r in last),
         "rounds_averaged": len(last),

@@ -49,6 +49,7 @@ def run_rounds(
     arrays = strategy.initial_arrays(client_model(config, data))
     writer.extra["engine"] = engine_paths(config, data)
     first = 1
+    _clear_clients(grid, node_by_pid, config.round_timeout)  # earlier runs of a sweep left state there
     if resume is not None:
         arrays = ArrayRecord({k: Array(v) for k, v in resume.server.items()})
         strategy.load_state_dict(resume.strategy_state)
@@ -91,14 +92,7 @@ def run_rounds(
                 server_round, _exchange(grid, messages, config.round_timeout, placement=placement)[0]
             )
             assert metrics is not None
-            row["accuracy"] = _number(metrics["accuracy"])
-            if "source-accuracy" in metrics:  # with a target domain, accuracy is the target's
-                row["source_accuracy"] = _number(metrics["source-accuracy"])
-            row["loss"] = _number(metrics["loss"])
-            ids = [str(c) for c in metrics["client-ids"]]
-            row["clients"] = dict(zip(ids, map(_number, metrics["client-accuracy"])))
-            if row["accuracy"] is None:  # regression: per-client test MSE instead
-                row["clients_loss"] = dict(zip(ids, map(_number, metrics["client-loss"])))
+            row.update(evaluated_row(metrics))
         row["round_seconds"] = round(time.perf_counter() - start, 4)
         writer.extra["placement"] = placement.table()
         writer.log_round(row)
@@ -109,6 +103,37 @@ def run_rounds(
             ))
         if progress:
             progress(row, config)
+
+
+def evaluated_row(metrics: Any) -> dict[str, Any]:
+    """The metrics.jsonl entries of an evaluation: the (sample-weighted) ``accuracy`` and
+    ``loss``, every client's accuracy (``clients``), their spread (``accuracy_std``,
+    ``accuracy_p10``, ``accuracy_min``: unweighted, over the clients), and where present
+    ``source_accuracy``, ``val_accuracy``, ``unseen_accuracy`` (+ ``clients_unseen``)."""
+    row: dict[str, Any] = {"accuracy": _number(metrics["accuracy"])}
+    for key in ("source-accuracy", "val-accuracy", "unseen-accuracy"):
+        if key in metrics:  # with a target domain, accuracy is the target's
+            row[key.replace("-", "_")] = _number(metrics[key])
+    row["loss"] = _number(metrics["loss"])
+    ids = [str(c) for c in metrics["client-ids"]]
+    row["clients"] = dict(zip(ids, map(_number, metrics["client-accuracy"])))
+    accuracies = [a for a in row["clients"].values() if a is not None]
+    if accuracies:
+        row.update(spread(accuracies))
+    if row["accuracy"] is None:  # regression: per-client test MSE instead
+        row["clients_loss"] = dict(zip(ids, map(_number, metrics["client-loss"])))
+    if "unseen-client-ids" in metrics:
+        row["clients_unseen"] = dict(zip(map(str, metrics["unseen-client-ids"]),
+                                         map(_number, metrics["unseen-client-accuracy"])))
+    return row
+
+
+def spread(accuracies: list[float]) -> dict[str, float]:
+    """How unequal the clients' accuracies are: population std, 10th percentile (numpy's
+    linear interpolation) and minimum."""
+    values = np.asarray(accuracies, dtype=np.float64)
+    return {"accuracy_std": float(values.std()), "accuracy_p10": float(np.percentile(values, 10)),
+            "accuracy_min": float(values.min())}
 
 
 def assign_nodes(loads: list[int], nodes: int) -> list[int]:
@@ -132,6 +157,12 @@ def _export_clients(grid: Grid, node_by_pid: dict[int, int], timeout: float) -> 
                for node in node_by_pid.values()]
     replies, _ = _exchange(grid, queries, timeout)
     return {k: v.numpy() for r in replies for k, v in r.content["arrays"].items()}
+
+
+def _clear_clients(grid: Grid, node_by_pid: dict[int, int], timeout: float) -> None:
+    """Every node forgets the personal arrays it holds."""
+    _exchange(grid, [Message(RecordDict(), dst_node_id=node, message_type=f"{MessageType.QUERY}.reset")
+                     for node in node_by_pid.values()], timeout)
 
 
 def _restore_clients(

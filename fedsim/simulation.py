@@ -45,19 +45,69 @@ def run_once(config: Config, run_dir: str | Path, progress: bool = False) -> lis
     """The metric rows of ``run_dir``: reused if it holds a completed run of the same
     config, else (after removing a run cut short or of another config) run now.
     Experiment grids call this to be re-runnable."""
-    import json
     import shutil
 
     from fedsim.history import read_run
 
     run_dir = Path(run_dir)
-    summary = run_dir / "summary.json"
-    same = (run_dir / "config.json").is_file() and json.loads(
-        (run_dir / "config.json").read_text()) == json.loads(json.dumps(config.to_dict()))
-    if not (same and summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"):
+    if not completed(config, run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
         run(config, run_dir, progress=progress)
     return read_run(run_dir)[1]
+
+
+def completed(config: Config, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a completed run of exactly ``config``."""
+    import json
+
+    summary = run_dir / "summary.json"
+    try:
+        return (json.loads((run_dir / "config.json").read_text()) == json.loads(json.dumps(config.to_dict()))
+                and json.loads(summary.read_text()).get("status") == "completed")
+    except (OSError, ValueError):
+        return False
+
+
+def run_many(
+    jobs: list[tuple[Config, Path]], progress: bool = False, announce: Any = None,
+) -> list[dict[str, Any]]:
+    """Run every (config, run directory) one after another on **one** Ray start and one
+    Flower simulation per resource layout (``client-num-cpus``/``-gpus``, ``ray-address``,
+    ``verbose``): actors, imports and data stay warm between runs; every run starts with
+    empty client state. A run that fails is recorded (its summary.json says why) and the
+    next one starts; Ctrl-C stops them all (RunInterrupted). Returns every run's summary
+    (``{"status": "failed", "error": ...}`` for one whose directory could not be written).
+    ``announce(index, config, out)`` is called as each run starts. Configs are expected
+    validated (``fedsim.validate.load_config``)."""
+    for config, _ in jobs:
+        validate(config)
+        client_splits(config)
+        engine_paths(config, load_dataset(config))
+        _check_local_resources(config)
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    layouts: dict[tuple, list[int]] = {}
+    for i, (config, _) in enumerate(jobs):
+        key = (config.ray_address, config.client_num_cpus, config.client_num_gpus, config.verbose)
+        layouts.setdefault(key, []).append(i)
+    with _stop_on_sigint():
+        for indices in layouts.values():
+            group = [jobs[i] for i in indices]
+            try:
+                _quiet(group[0][0].verbose)
+                _init_ray(group[0][0])  # once for the whole group
+                num_nodes = max(_nodes_for(config) for config, _ in group)
+                if STOP.is_set():
+                    raise _Stopped
+                summaries = _simulate_many(group, num_nodes, progress, announce, indices)
+            except BaseException as exc:  # noqa: BLE001 - Ray could not start, or Ctrl-C
+                if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
+                    raise RunInterrupted("interrupted (Ctrl-C); the runs completed so far are kept") from None
+                summaries = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"}] * len(group)
+            finally:
+                _stop_ray()
+            for i, summary in zip(indices, summaries):
+                results[i] = summary
+    return results  # type: ignore[return-value]
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -208,6 +258,57 @@ def _simulate(
         raise RunFailed(f"the simulation stopped after {len(writer.rows)} of {config.num_rounds} rounds")
 
 
+def _simulate_many(
+    jobs: list[tuple[Config, Path]], num_nodes: int, progress: bool, announce: Any, indices: list[int],
+) -> list[dict[str, Any]]:
+    """One Flower simulation whose ServerApp runs ``jobs`` one after another."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from clients.app import app
+    from fedsim.placement import PlacedClientApp
+    from fedsim.server import run_rounds
+
+    summaries: list[dict[str, Any]] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Any, context: Any) -> None:
+        for index, (config, out) in zip(indices, jobs):
+            if announce:
+                announce(index, config, out)
+            try:
+                writer = _open_run_dir(out, config, None)
+            except ConfigError as exc:
+                summaries.append({"status": "failed", "error": str(exc)})
+                continue
+            try:
+                run_rounds(grid, config, writer, num_nodes, _print_progress if progress else None)
+                if len(writer.rows) < config.num_rounds:
+                    raise RunFailed(f"the run stopped after {len(writer.rows)} of {config.num_rounds} rounds")
+            except _Stopped:
+                summaries.append(writer.finish(error="interrupted (Ctrl-C)", status="interrupted"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded; the next run starts
+                summaries.append(writer.finish(error=f"{type(exc).__name__}: {exc}"))
+                continue
+            summaries.append(writer.finish())
+
+    config = jobs[0][0]
+    backend_config = {
+        "client_resources": {"num_cpus": config.client_num_cpus, "num_gpus": config.client_num_gpus},
+        "init_args": {"log_to_driver": config.verbose},
+    }
+    with warnings.catch_warnings(), fast_message_pump():
+        warnings.simplefilter("ignore")
+        run_simulation(server_app=server_app, client_app=PlacedClientApp(app), num_supernodes=num_nodes,
+                       backend_config=backend_config, verbose_logging=config.verbose)  # type: ignore[arg-type]
+    if STOP.is_set():
+        raise _Stopped
+    missing = len(jobs) - len(summaries)  # the simulation ended early (e.g. its ServerApp raised)
+    return summaries + [{"status": "failed", "error": "the simulation ended before this run"}] * missing
+
+
 def _check_local_resources(config: Config) -> None:
     """Resource requests Ray would hang on (no actor fits) and cluster addresses nothing
     answers at (Ray would wait minutes) are refused up front."""
@@ -257,6 +358,11 @@ def _check_reachable(address: str) -> None:
 def _start_ray(config: Config) -> int:
     """Start (or attach to) Ray, check the resources against it, and return the number
     of Flower nodes: ``num-nodes``, or one per actor that fits (at most one per client)."""
+    _init_ray(config)
+    return _nodes_for(config)
+
+
+def _init_ray(config: Config) -> None:
     import ray
 
     # Without an address fedsim starts its own local Ray: ray.init() with none would attach to
@@ -277,6 +383,11 @@ def _start_ray(config: Config) -> int:
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
+
+
+def _nodes_for(config: Config) -> int:
+    import ray
+
     actors = actors_that_fit(config.client_num_cpus, config.client_num_gpus, _node_resources())
     if not actors:
         resources = ray.cluster_resources()

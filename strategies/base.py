@@ -73,13 +73,17 @@ class CohortFedAvg(FedAvg):
 
     def sample(self, server_round: int, fraction: float, stream: int) -> list[int]:
         """Clients for a round, from our own RNG seeded by (seed, round, stream). Training
-        (stream 0) never samples a target client: its labels are not for training."""
+        (stream 0) never samples a target client (its labels are not for training) nor a
+        held-out one (``holdout-clients``); evaluation (stream 1) samples among the
+        participating clients and adds every held-out one."""
         rng = np.random.default_rng([self.config.seed, server_round, stream])
-        targets = self.config.targets()
-        if stream == 0 and targets:
-            sources = [c for c in range(self.config.num_clients) if c not in targets]
-            return [sources[i] for i in sample_clients(len(sources), fraction, rng)]
-        return sample_clients(self.config.num_clients, fraction, rng)
+        held = self.config.holdout()
+        excluded = set(held) | (set(self.config.targets()) if stream == 0 else set())
+        if not excluded:
+            return sample_clients(self.config.num_clients, fraction, rng)
+        pool = [c for c in range(self.config.num_clients) if c not in excluded]
+        chosen = [pool[i] for i in sample_clients(len(pool), fraction, rng)]
+        return chosen if stream == 0 else sorted(chosen + held)
 
     def configure_distill(
         self, server_round: int, arrays: ArrayRecord, replies: list[Message], config: ConfigRecord
@@ -117,6 +121,8 @@ class CohortFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config["server-round"] = server_round
+        if self.config.holdout():
+            config["unseen"] = self.config.holdout()
         clients = self.sample(server_round, self.fraction_evaluate, 1)
         return self.cohort_messages(clients, arrays, config, MessageType.EVALUATE)
 
@@ -158,29 +164,47 @@ class CohortFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Sample-weighted mean accuracy and loss, plus every client's values."""
+        """Sample-weighted mean accuracy and loss of the participating clients (with a
+        target domain: of the targets), plus every client's values; the held-out clients'
+        (``holdout-clients``) as ``unseen-accuracy``, the validation sets' (``val-fraction``)
+        as ``val-accuracy``."""
         valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
-        rows = []
+        rows, val = [], {}
         for msg in valid:
             m = msg.content["metrics"]
             rows += zip(m["client-ids"], m["client-examples"], m["client-accuracy"], m["client-loss"])
+            if "client-val-accuracy" in m:
+                val.update(zip(m["client-ids"], zip(m["client-val-examples"], m["client-val-accuracy"])))
         if not rows:
             return None
         rows.sort()
+        held = set(self.config.holdout())
+        unseen = [r for r in rows if r[0] in held]
+        rows = [r for r in rows if r[0] not in held]
         targets = set(self.config.targets())
         scored = [r for r in rows if r[0] in targets] or rows  # with a target: its accuracy
         sources = [r for r in rows if r[0] not in targets]
-        extra = {}
+        extra: dict = {}
         if targets and sources:
-            n_src = sum(n for _, n, _, _ in sources)
-            extra["source-accuracy"] = sum(n * a for _, n, a, _ in sources) / n_src
-        total = sum(n for _, n, _, _ in scored)
+            extra["source-accuracy"] = _weighted(sources, 2)
+        if unseen:
+            extra.update({"unseen-accuracy": _weighted(unseen, 2), "unseen-client-ids": [r[0] for r in unseen],
+                          "unseen-client-accuracy": [r[2] for r in unseen]})
+        scored_val = [(c, *val[c]) for c, *_ in scored if c in val]
+        if scored_val:
+            extra["val-accuracy"] = _weighted(scored_val, 2)
         return MetricRecord({
             **extra,
-            "accuracy": sum(n * a for _, n, a, _ in scored) / total,
-            "loss": sum(n * loss for _, n, _, loss in scored) / total,
+            "accuracy": _weighted(scored, 2),
+            "loss": _weighted(scored, 3),
             "client-ids": [c for c, _, _, _ in rows],
             "client-accuracy": [a for _, _, a, _ in rows],
             "client-loss": [loss for _, _, _, loss in rows],
-            "num-examples": total,
+            "num-examples": sum(n for _, n, *_ in scored),
         })
+
+
+def _weighted(rows: list[tuple], column: int) -> float:
+    """Mean of ``column`` over ``rows`` (client, examples, ...) weighted by the examples."""
+    total = sum(r[1] for r in rows)
+    return sum(r[1] * r[column] for r in rows) / total

@@ -44,18 +44,31 @@ def test_fedavg_shares_the_whole_model(tmp_path):
     assert all("personal" not in ctx.state for ctx in grid.contexts.values())
 
 
-def test_heads_persist_in_client_state_across_rounds(tmp_path):
-    config = Config(num_rounds=1, num_clients=4, fraction_train=1.0, head_epochs=1)
+def test_heads_persist_in_client_state_across_rounds(tmp_path, monkeypatch):
+    from fedsim import server
+
+    saved = []
+    monkeypatch.setattr(server, "save_checkpoint", lambda directory, checkpoint: saved.append(checkpoint))
+    config = Config(num_rounds=2, num_clients=4, fraction_train=1.0, head_epochs=1, checkpoint_every=1)
     grid = InProcessGrid(app, 2)
-    heads = []
-    for rounds in (1, 2):
-        writer = RunWriter(tmp_path / f"r{rounds}", config.to_dict())
-        run_rounds(grid, config.replace(num_rounds=rounds), writer, 2)
-        personal = {k: a for ctx in grid.contexts.values() for k, a in personal_arrays(ctx).items()}
-        heads.append(personal)
+    run_rounds(grid, config, RunWriter(tmp_path / "r", config.to_dict()), 2)
+    heads = [checkpoint.clients for checkpoint in saved]
     assert sorted(heads[0]) == sorted(f"{c}/head.{p}" for c in range(4) for p in ("weight", "bias"))
-    # the second run continued from the stored heads: they moved again
+    # round 2 trained the heads stored in round 1 further: they moved again
     assert any(not np.array_equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_a_new_run_on_the_same_nodes_starts_from_empty_client_state(tmp_path):
+    """The runs of a sweep share the nodes: a run's metrics must not depend on what
+    an earlier run left there."""
+    config = Config(num_rounds=2, num_clients=4, fraction_train=1.0, head_epochs=1)
+    grid = InProcessGrid(app, 2)
+    run_rounds(grid, config.replace(seed=5), RunWriter(tmp_path / "other", config.to_dict()), 2)
+    reused = RunWriter(tmp_path / "reused", config.to_dict())
+    run_rounds(grid, config, reused, 2)
+    fresh = RunWriter(tmp_path / "fresh", config.to_dict())
+    run_rounds(InProcessGrid(app, 2), config, fresh, 2)
+    assert strip_timing(reused.rows) == strip_timing(fresh.rows)
 
 
 def test_metrics_identical_for_any_number_of_nodes(tmp_path):
