@@ -1,4 +1,5 @@
-"""Run directory: config.json, metrics.jsonl (one line per round), summary.json."""
+"""Run directory: config.json, metrics.jsonl (one line per round), summary.json (and,
+with ``tensorboard = true``, TensorBoard event files: :mod:`fedsim.events`)."""
 
 from __future__ import annotations
 
@@ -37,16 +38,25 @@ class RunWriter:
         for row in self.rows:
             self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
         self._metrics.flush()
+        self._events = None
+        if config.get("tensorboard"):  # a resumed run appends a new event file
+            from fedsim.events import EventWriter
+
+            self._events = EventWriter(self.dir)
 
     def log_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self._metrics.write(json.dumps(row, sort_keys=True) + "\n")
         self._metrics.flush()
+        if self._events is not None:
+            self._events.write(row)
 
     def finish(self, error: str | None = None, status: str | None = None) -> dict[str, Any]:
         """Close metrics.jsonl and write summary.json; returns the summary. ``status`` is
         ``completed`` without an error, else ``failed`` unless given (``interrupted``)."""
         self._metrics.close()
+        if self._events is not None:
+            self._events.close()
         summary = summarize(self.rows)
         summary["wall_seconds"] = round(time.perf_counter() - self.start, 3)
         summary["status"] = status or ("failed" if error else "completed")

@@ -58,6 +58,13 @@ def validate(config: Config) -> None:
     for key in REGISTRIES:
         check_choice(key, getattr(config, key), choices(key))
     config.check()
+    if config.tensorboard:
+        from fedsim.events import require
+
+        try:
+            require()
+        except ImportError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
