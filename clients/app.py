@@ -390,7 +390,7 @@ class _Actor:
                 adapting = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, 6))
                             for c in cohort]
                 engine.adapt_unseen(self.model, self.spec, states, rows, train, shared.keys(), config,
-                                    adapting)
+                                    adapting, self.initial)
             sets = [([t[2] for t in tensors], [t[3] for t in tensors])]
             if self.config.val_fraction:
                 sets.append(tuple(map(list, zip(*(self.val_tensors(c) for c in cohort)))))

@@ -161,6 +161,7 @@ def evaluate_sets(
 def adapt_unseen(
     model: nn.Module, spec: ClientSpec, states: dict[str, torch.Tensor], rows: list[int], train: Sets,
     shared: Collection[str], config: Config, generators: list[torch.Generator],
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Clients that never trained (``holdout-clients``), rows ``rows`` of ``states``
     (the received shared arrays, their initial personal part), meet the model as the
@@ -169,8 +170,13 @@ def adapt_unseen(
     head on the received body; FedAvg: nothing; Local: from scratch). A personal parameter
     with a proximal anchor starts at it (Ditto: the personal model from the global one).
     A routine phase runs as declared, then the shared parameters are put back.
-    Fine-tuning phases follow in :func:`evaluate_sets`, as for every client."""
+    Parameters under ``spec.fresh`` start at their ``initial`` values (FedAvg-FT: a fresh
+    head). Fine-tuning phases follow in :func:`evaluate_sets`, as for every client."""
     for c in rows:
+        if spec.fresh:
+            for name in states:
+                if name.startswith(spec.fresh):
+                    states[name][c].copy_(initial[name])  # type: ignore[index]
         _load_row(model, states, c)
         received = {n: t.detach().clone() for n, t in model.state_dict().items() if n in shared}
         for phase in spec.train:

@@ -76,11 +76,14 @@ class Phase:
 @dataclass(frozen=True)
 class ClientSpec:
     """A client's local training (``train``, kept), what it does before evaluating
-    (``finetune``, on a copy, never kept) and the sub-module it evaluates."""
+    (``finetune``, on a copy, never kept), the sub-module it evaluates and, for a client
+    that never trained (``holdout-clients``), the parameters it starts ``fresh`` (their
+    initial values) instead of as received."""
 
     train: tuple[Phase, ...]
     finetune: tuple[Phase, ...] = ()
     evaluates: str = ""
+    fresh: str = ""  # a client that never trained starts these parameters (a prefix) at their initial values
 
     def describe(self) -> dict[str, list[str]]:
         """Phase names, for logs and summaries."""

@@ -41,8 +41,9 @@ FEDREP = ClientSpec(train=(
 ))
 # FedAvg, FedPer, LG-FedAvg, Local: every parameter; they differ only in what is shared.
 FEDAVG = ClientSpec(train=(WHOLE,))
-# FedAvg+FT: FedAvg, then the head fine-tuned before evaluation (not kept).
-FEDAVG_FT = ClientSpec(train=(WHOLE,), finetune=(FINETUNE_HEAD,))
+# FedAvg+FT: FedAvg, then the head fine-tuned before evaluation (not kept); a client that
+# never trained fine-tunes a fresh head on the received body (FedRep's new-client protocol).
+FEDAVG_FT = ClientSpec(train=(WHOLE,), finetune=(FINETUNE_HEAD,), fresh="head.")
 # FedBABU (Oh, Kim, Yun, ICLR 2022): the body only, the head frozen at its random init;
 # the head fine-tuned before evaluation.
 FEDBABU = ClientSpec(train=(Phase("body", "body.", "local_epochs"),), finetune=(FINETUNE_HEAD,))

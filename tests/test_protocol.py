@@ -234,3 +234,20 @@ def test_sweep_runs_on_one_ray_start_reuses_completed_runs_and_survives_a_failed
     starts.clear()
     assert main([*args[:4], "client-crash=0", *args[5:]]) == 0
     assert starts == []
+
+
+def test_unseen_fedavg_ft_client_fine_tunes_a_fresh_head():
+    from fedsim.models import SplitModel
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = SplitModel(nn.Sequential(nn.Linear(4, 3)), nn.Linear(3, 2))
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = _states(model, None)
+    states["head.weight"] += 1.0  # the received (trained) global head
+    received_body = states["body.0.weight"].clone()
+    x, y = torch.randn(12, 4), torch.arange(12) % 2
+    engine.adapt_unseen(model, specs.FEDAVG_FT, states, [0], ([x], [y]), list(states), Config(),
+                        [torch.Generator().manual_seed(0)], initial)
+    assert torch.equal(states["head.weight"][0], initial["head.weight"])  # fine-tuning comes after
+    assert torch.equal(states["body.0.weight"], received_body)
