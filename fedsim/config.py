@@ -314,8 +314,9 @@ class Config:
         for name in ("affinity_every", "affinity_peers"):
             _at_least(name, getattr(self, name), 0)
         _at_least("group_after", self.group_after, 1)
-        if not 1 <= self.num_groups <= self.num_clients:
-            raise ConfigError(f"num-groups = {self.num_groups}: must be 1..num-clients = {self.num_clients}")
+        _at_least("num_groups", self.num_groups, 1)
+        if self.strategy == "fedrep-groups" and self.num_groups > self.num_clients:
+            raise ConfigError(f"num-groups = {self.num_groups}: must be <= num-clients = {self.num_clients}")
         if self.affinity_every and self.strategy != "fedrep-groups":
             raise ConfigError(f"affinity-every = {self.affinity_every} needs strategy = 'fedrep-groups', "
                               f"not {self.strategy!r}")

@@ -162,7 +162,7 @@ def test_group_settings_are_validated():
         load_config(None, ["strategy=fedrep-groups", "group-after=5", "affinity-every=6"])
     with pytest.raises(ConfigError, match="num-rotations = 5"):
         load_config(None, ["num-rotations=5"])
-    with pytest.raises(ConfigError, match="num-groups = 21"):
+    with pytest.raises(ConfigError, match="num-groups = 21: must be <= num-clients = 20"):
         load_config(None, ["strategy=fedrep-groups", "num-groups=21"])
     assert load_config(None, ["strategy=fedrep-groups"]).affinity_every == 1
     # grouping never happens: no affinity needed
