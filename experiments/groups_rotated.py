@@ -20,11 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
+import numpy as np
+
 from fedsim import load_config
-from fedsim.affinity_plot import plot_affinity
+from fedsim.affinity_plot import affinity_matrix, plot_affinity
 from fedsim.cli import int_list
+from fedsim.config import ConfigError
+from fedsim.data import load_dataset, make_split
+from fedsim.history import read_run
+from fedsim.rotated import planted_groups
 from fedsim.simulation import run_once
 
 COMMON = ["dataset=digits", "num-clients=20", "classes-per-client=2", "fraction-train=1.0",
@@ -34,6 +41,9 @@ SETTINGS = {
     "shards": ["partitioner=shards"],
     # no label skew (every client all 10 classes): the rotation alone sets the groups
     "rotated-10class": ["partitioner=rotated", "num-rotations=4", "classes-per-client=10"],
+    # the same with a 16-unit body: does one small body serve four rotations?
+    "rotated-10class-h16": ["partitioner=rotated", "num-rotations=4", "classes-per-client=10",
+                            "hidden-dim=16"],
 }
 STRATEGIES = ("fedrep", "fedrep-groups")
 
@@ -43,8 +53,34 @@ def run(out: Path, setting: str, strategy: str, seed: int) -> tuple[list[dict], 
     if strategy == "fedrep":
         overrides = [o for o in overrides if not o.startswith("affinity-every")]
     run_dir = out / "runs" / f"{setting}-{strategy}-seed{seed}"
-    rows = run_once(load_config(None, overrides), run_dir)
+    for attempt in range(3):  # Ray's start can time out on a loaded machine
+        try:
+            rows = run_once(load_config(None, overrides), run_dir)
+            break
+        except ConfigError as exc:
+            if "cannot start or attach to Ray" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(30)
     return rows, json.loads((run_dir / "summary.json").read_text())
+
+
+def pair_means(run_dir: Path) -> list[float]:
+    """Mean Ẑ over ordered client pairs in the same planted group and sharing a class, same
+    group only, sharing a class only, neither (the rotated benchmark: what affinity sees)."""
+    config = load_config(None, [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in
+                                json.loads((run_dir / "config.json").read_text()).items()])
+    data = load_dataset(config)
+    classes = [set(np.unique(data.y[s.train]).tolist()) for s in make_split(config, data)]
+    z = affinity_matrix(read_run(run_dir)[1], config.num_clients)
+    planted = planted_groups(config)
+    kinds: dict[tuple[bool, bool], list[float]] = {}
+    for i in range(config.num_clients):
+        for j in range(config.num_clients):
+            if i != j and np.isfinite(z[i, j]):
+                kind = (planted[i] == planted[j], bool(classes[i] & classes[j]))
+                kinds.setdefault(kind, []).append(z[i, j])
+    return [float(np.mean(kinds[k])) if kinds.get(k) else float("nan")
+            for k in ((True, True), (True, False), (False, True), (False, False))]
 
 
 def main() -> None:
@@ -86,6 +122,14 @@ def main() -> None:
     if aris:
         lines.append(f"- ARI over seeds: min {min(aris):.3f}, mean {statistics.mean(aris):.3f}")
     lines.append(f"- affinity phase / plain FedRep round (medians): {statistics.median(ratios):.2f}")
+    lines += ["", "Mean Ẑ(i→j) over ordered pairs (fedrep-groups runs, rounds 1..group-after):", "",
+              "| setting | seed | same rotation, shared class | same rotation only | shared class only | "
+              "neither |", "|---|---|---|---|---|---|"]
+    for setting in args.settings.split(","):
+        if setting.startswith("rotated"):
+            for seed in args.seeds:
+                means = pair_means(out / "runs" / f"{setting}-fedrep-groups-seed{seed}")
+                lines.append(f"| {setting} | {seed} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
