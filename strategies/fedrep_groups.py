@@ -170,7 +170,7 @@ class FedRepGroups(CohortFedAvg):
 
     def make_groups(self, arrays: ArrayRecord) -> ArrayRecord:
         """Partition the clients by Ẑ; every group's body starts from the current one."""
-        labels, self.method = find_groups(self.affinity(), self.config.num_groups)
+        labels, self.method = find_groups(self.affinity(), self.config.num_groups, self.config.seed)
         self.group_of = [int(g) for g in labels]
         self.groups = self.config.num_groups
         return ArrayRecord({name: Array(np.repeat(value.numpy()[:1], self.groups, axis=0))
