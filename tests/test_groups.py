@@ -22,10 +22,11 @@ from fedsim.affinity import (
 )
 from fedsim.affinity_plot import affinity_matrix, plot_affinity
 from fedsim.algorithms import client_model
+from fedsim.checkpoint import load_checkpoint
 from fedsim.cli import main
 from fedsim.config import ConfigError
 from fedsim.data import load_dataset, make_split
-from fedsim.history import RunWriter
+from fedsim.history import RunWriter, read_run
 from fedsim.models import SplitModel
 from fedsim.rotated import planted_groups, rotate
 from fedsim.server import run_rounds
@@ -271,3 +272,29 @@ def test_a_run_without_affinity_is_refused_by_the_heat_map(tmp_path, capsys):
     run(tmp_path / "run", "affinity-every=0", "group-after=4")
     assert main(["affinity", str(tmp_path / "run"), "-o", str(tmp_path / "z.png")]) == 2
     assert "measured no affinity" in capsys.readouterr().err
+
+
+def test_groups_and_affinity_survive_a_checkpoint_and_resume(tmp_path):
+    # cut after round 2 (the grouping round), resumed on another node layout
+    config = load_config(None, [*SETTING, "num-rounds=4", "checkpoint-every=2"])
+    whole = RunWriter(tmp_path / "whole", config.to_dict())
+    run_rounds(InProcessGrid(app, 2), config, whole, 2)
+
+    class Killed(Exception):
+        pass
+
+    def die_in_round_3(row, _):
+        if row["round"] == 3:
+            raise Killed
+
+    cut = RunWriter(tmp_path / "cut", config.to_dict())
+    with pytest.raises(Killed):
+        run_rounds(InProcessGrid(app, 2), config, cut, 2, progress=die_in_round_3)
+    checkpoint = load_checkpoint(tmp_path / "cut")
+    assert checkpoint.round == 2 and checkpoint.strategy_state["groups"] == 2
+    resumed = RunWriter(tmp_path / "cut", config.to_dict(), resume_after=checkpoint.round)
+    run_rounds(InProcessGrid(app, 3), config, resumed, 3, resume=checkpoint)
+    resumed.finish()
+    drop = ("round_seconds", "affinity_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_run(tmp_path / "cut")[1]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in whole.rows]
