@@ -81,7 +81,7 @@ COMMANDS: dict[str, Run | str] = {
     "fedsim affinity RUN_DIR -o FILE.png":
         "names the command; `fedsim affinity runs/groups -o affinity.png` is run",
     "python experiments/groups_rotated.py --seeds 0,1,2 --out runs/groups-exp":
-        "18 runs of 40 rounds (~30 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
+        "24 runs of 40 rounds (~30 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
     "python experiments/kd3a_lodo.py": "~45 minutes of runs (5 held-out domains x 3 seeds x 2 methods)",
     "python experiments/linear_fedrep.py": "dozens of 300-round runs; the linear setting is run above",
     "fedsim split CONFIG --set ... -o split.png":
