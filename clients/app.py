@@ -20,7 +20,9 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients import engine
+from clients.affinity import fixed_batch, lookahead_affinities
 from clients.consensus import consensus_focus, knowledge_vote
+from clients.grouped import GroupBodies, unpack_groups
 from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec
 from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus
@@ -189,6 +191,30 @@ def distill(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.train("affinity")
+@_explained
+def affinity(msg: Message, context: Context) -> Message:
+    """TAG's affinity phase (``fedrep-groups``), for every named client j: its loss on a
+    fixed local batch, with its own head, at its group's body θ and at θ + Δᵢ for each
+    peer update Δᵢ it is sent (``peers``; used here and never stored). Replies with the
+    scalars Z_{i→j} only: no sample, label or model leaves the client."""
+    config, clients, shared = _unpack(msg)
+    actor = _actor(config.to_json())
+    record = msg.content["config"]
+    deltas = split_client_arrays(msg.content["deltas"], [int(c) for c in record["delta-ids"]])
+    counts = [int(n) for n in record["peer-counts"]]
+    peers = [int(c) for c in record["peers"]]
+    personal = Personal.of(context)
+    values = []
+    for client, start, count in zip(clients, np.cumsum([0, *counts[:-1]]), counts):
+        x, y = fixed_batch(*actor.tensors(client)[:2], config.seed, client)
+        model = actor.load(client, shared, personal)
+        values += lookahead_affinities(model, x, y, [deltas[i] for i in peers[start:start + count]])
+    metrics = MetricRecord({"client-ids": clients, "peer-counts": counts, "peer-ids": peers,
+                            "affinity": values})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
 def _kept_momentum(actor: _Actor, personal: Personal, client: int) -> dict[int, torch.Tensor]:
     """``client``'s kept momentum buffers by parameter index (``keep-optimizer-state``),
     as the engine keeps them: state entries ``momentum:<param>``, zeros the first time."""
@@ -225,7 +251,7 @@ def _unpack(msg: Message) -> tuple[Config, list[int], dict[str, torch.Tensor]]:
     record = msg.content["config"]
     config = config_from_dict(json.loads(str(record["run-config"])))
     clients = [int(c) for c in record["clients"]]  # type: ignore[union-attr]
-    shared = msg.content["arrays"].to_torch_state_dict()
+    shared = unpack_groups(msg.content["arrays"].to_torch_state_dict(), record)  # fedrep-groups
     return config, clients, shared
 
 
@@ -284,6 +310,8 @@ class _Actor:
         (its initial values the first time the client is seen). Values are copied into
         the model's tensors directly: ``load_state_dict`` costs ~10% of a small update."""
         self._check(shared)
+        if isinstance(shared, GroupBodies):
+            shared = shared.of(client)
         with torch.no_grad():
             for name, slot in self.slots.items():
                 value = shared.get(name)
@@ -299,6 +327,9 @@ class _Actor:
         self._check(shared)
         states = {}
         for name, initial in self.entries.items():
+            if isinstance(shared, GroupBodies) and name in shared:  # each client its group's row
+                states[name] = shared.rows(name, clients).to(self.device).clone()
+                continue
             if name in shared:
                 value = shared[name].to(self.device)
                 states[name] = value.unsqueeze(0).repeat(len(clients), *([1] * value.dim()))

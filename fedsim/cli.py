@@ -1,4 +1,4 @@
-"""``fedsim run``, ``resume``, ``split``, ``plot``, ``compare`` and ``sweep``.
+"""``fedsim run``, ``resume``, ``split``, ``plot``, ``affinity``, ``compare`` and ``sweep``.
 
 Exit codes: 0 done; 1 a run failed (summary.json says why); 2 bad input, reported before
 anything starts (config, data, paths); 130 interrupted (Ctrl-C).
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot_p.add_argument("-o", "--output", default="accuracy.png", help="PNG file to write")
     plot_p.add_argument("--label", action="append", default=[],
                         help="config key(s) for legend labels (default: keys that differ)")
+    aff_p = sub.add_parser("affinity", help="heat map of a run's inter-client affinity (fedrep-groups)")
+    aff_p.add_argument("run_dir", metavar="RUN_DIR")
+    aff_p.add_argument("-o", "--output", default="affinity.png", help="PNG file to write")
     cmp_p = sub.add_parser("compare", help="strategies x seeds on one config: table + plot",
                            formatter_class=argparse.RawTextHelpFormatter)  # unbroken names
     cmp_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
@@ -112,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             from fedsim.validate import load_config
 
             print(f"wrote {plot_split(load_config(args.config, args.set), args.output)}")
+            return 0
+        if args.command == "affinity":
+            from fedsim.affinity_plot import plot_affinity
+
+            print(f"wrote {plot_affinity(args.run_dir, args.output)}")
             return 0
         from fedsim.plot import plot_runs
 

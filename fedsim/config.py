@@ -52,8 +52,8 @@ class Config:
     partitioner: str = _key(
         "shards", "how the training pool is split among clients (shards: classes-per-client classes "
         "each; dirichlet: label skew, dirichlet-alpha; size: lognormal sizes, size-sigma; domain: client "
-        "i holds domain i mod D; file: split-file; natural: the dataset's own clients; or a registered "
-        "name)", REGISTRY)
+        "i holds domain i mod D; file: split-file; natural: the dataset's own clients; rotated: shards, "
+        "client c's images rotated by (c mod num-rotations)·90°; or a registered name)", REGISTRY)
     split_file: str = _key("", "JSON file client -> indices, for partitioner = file")
     num_clients: int = _key(20, "number of logical clients")
     classes_per_client: int = _key(2, "partitioner shards: classes each client holds")
@@ -156,6 +156,16 @@ class Config:
                                         "noise = images replaced by noise", ("shift", "noise"))
     malicious_fraction: float = _key(1.0, "malicious-mode shift: share of the malicious source's "
                                           "training labels shifted (a seeded random subset)")
+    # client groups: TAG's inter-client affinity, fedrep-groups, the rotated benchmark (issue 21)
+    num_rotations: int = _key(4, "partitioner rotated: planted groups; client c's train and test images are "
+                                 "rotated by (c mod num-rotations)·90°")
+    affinity_every: int = _key(0, "fedrep-groups: measure the inter-client affinity (TAG) every N rounds "
+                                  "up to group-after (0 = off; fedrep-groups defaults to 1)")
+    affinity_peers: int = _key(0, "fedrep-groups: peers whose body updates each client scores in an "
+                                  "affinity round (seeded; 0 = every other participating client)")
+    group_after: int = _key(10, "fedrep-groups: the round after which the clients are partitioned by "
+                                "affinity (>= num-rounds: never)")
+    num_groups: int = _key(4, "fedrep-groups: groups, each with its own body (FedRep within the group)")
     # reliability
     checkpoint_every: int = _key(0, "write checkpoint.npz every N rounds (0 = off); see fedsim resume")
     client_dropout: float = _key(0.0, "probability that a sampled client does not answer (seeded)")
@@ -321,6 +331,35 @@ class Config:
             raise ConfigError(f"apfl-alpha = {self.apfl_alpha}: must be in [0, 1]")
         if not 0.0 < self.fedala_sample <= 1.0:
             raise ConfigError(f"fedala-sample = {self.fedala_sample}: must be in (0, 1]")
+        self._check_groups()
+
+    def _check_groups(self) -> None:
+        """Keys of issue 21: the rotated benchmark and fedrep-groups."""
+        if not 1 <= self.num_rotations <= 4:
+            raise ConfigError(f"num-rotations = {self.num_rotations}: must be 1..4 (rotations by g·90°)")
+        if self.partitioner == "rotated" and self.num_clients < self.num_rotations:
+            raise ConfigError(f"partitioner = 'rotated': num-clients = {self.num_clients} is fewer than "
+                              f"num-rotations = {self.num_rotations} planted groups")
+        for name in ("affinity_every", "affinity_peers"):
+            _at_least(name, getattr(self, name), 0)
+        _at_least("group_after", self.group_after, 1)
+        _at_least("num_groups", self.num_groups, 1)
+        if self.strategy == "fedrep-groups" and self.num_groups > self.num_clients:
+            raise ConfigError(f"num-groups = {self.num_groups}: must be <= num-clients = {self.num_clients}")
+        if self.affinity_every and self.strategy != "fedrep-groups":
+            raise ConfigError(f"affinity-every = {self.affinity_every} needs strategy = 'fedrep-groups', "
+                              f"not {self.strategy!r}")
+        if self.strategy == "fedrep-groups" and (self.body_qr or self.dataset == "linear-regression"):
+            raise ConfigError("strategy = 'fedrep-groups' does not run FedRep's linear experiment "
+                              "(body-qr, dataset = 'linear-regression'); use fedrep")
+        if self.strategy == "fedrep-groups" and self.holdout_clients:
+            raise ConfigError("holdout-clients needs a strategy other than 'fedrep-groups': a client that "
+                              "never trains has no affinity, so no group to take a body from")
+        grouping = self.strategy == "fedrep-groups" and self.group_after < self.num_rounds
+        if grouping and not 1 <= self.affinity_every <= self.group_after:
+            raise ConfigError(f"fedrep-groups groups the clients after group-after = {self.group_after} "
+                              f"rounds by their affinity: affinity-every = {self.affinity_every} must be "
+                              f"1..{self.group_after}")
 
 
 KD3A_DEFAULTS: dict[str, Any] = {
@@ -330,7 +369,8 @@ KD3A_DEFAULTS: dict[str, Any] = {
     "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine", "lr_min": 0.001,
     "keep_optimizer_state": True, "batch_size": 32,
 }
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {"kd3a": KD3A_DEFAULTS}
+STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {"kd3a": KD3A_DEFAULTS,
+                                                "fedrep-groups": {"affinity_every": 1}}
 """Per-strategy defaults (snake_case field names), used for every key the config file and
 --set leave unset; they win over the dataset's defaults."""
 

@@ -20,6 +20,7 @@ from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
 from fedsim.placement import Placement
 from fedsim.pump import REPLY_IN, SIGNALLED
+from fedsim.rotated import planted_groups
 from strategies.aggregate import principal_angle_distance
 
 Progress = Callable[[dict[str, Any], Config], None]
@@ -48,6 +49,8 @@ def run_rounds(
     strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
     arrays = strategy.initial_arrays(client_model(config, data))
     writer.extra["engine"] = engine_paths(config, data)
+    if config.partitioner == "rotated":  # the planted groups of the rotated benchmark
+        writer.extra["planted_groups"] = planted_groups(config)
     first = 1
     _clear_clients(grid, node_by_pid, config.round_timeout)  # earlier runs of a sweep left state there
     if resume is not None:
@@ -95,6 +98,7 @@ def run_rounds(
             row.update(evaluated_row(metrics))
         row["round_seconds"] = round(time.perf_counter() - start, 4)
         writer.extra["placement"] = placement.table()
+        writer.extra.update(strategy.summary())
         writer.log_round(row)
         if config.checkpoint_every and server_round % config.checkpoint_every == 0:
             save_checkpoint(writer.dir, Checkpoint(

@@ -96,6 +96,10 @@ class CohortFedAvg(FedAvg):
         """Extra per-round values for metrics.jsonl (e.g. KD3A's domain weights)."""
         return {}
 
+    def summary(self) -> dict:
+        """Extra summary.json entries, as of the last round (e.g. fedrep-groups' groups)."""
+        return {}
+
     def cohort_messages(
         self, clients: list[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:

@@ -86,6 +86,14 @@ COMMANDS: dict[str, Run | str] = {
         Run("--set num-rounds=1 --set synth-per-class=4", _run_dir("runs/kd3a-digit5-synth-*")),
     "fedsim run --set strategy=fedrep --set dataset=linear-regression":
         Run(SHRINK, _run_dir("runs/fedrep-linear-regression-*")),
+    "fedsim run --set strategy=fedrep-groups --set partitioner=rotated --set fraction-train=1.0 "
+    "--out runs/groups":
+        Run(f"{SHRINK} --set group-after=1 --set num-groups=2", _run_dir("runs/groups")),
+    "fedsim affinity runs/groups -o affinity.png": Run(files=("affinity.png",), ray=False),
+    "fedsim affinity RUN_DIR -o FILE.png":
+        "names the command; `fedsim affinity runs/groups -o affinity.png` is run",
+    "python experiments/groups_rotated.py --seeds 0,1,2 --out runs/groups-exp":
+        "24 runs of 40 rounds (~30 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
     "python experiments/kd3a_lodo.py": "~45 minutes of runs (5 held-out domains x 3 seeds x 2 methods)",
     "python experiments/linear_fedrep.py": "dozens of 300-round runs; the linear setting is run above",
     "fedsim split CONFIG --set ... -o split.png":
