@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot_p.add_argument("-o", "--output", default="accuracy.png", help="PNG file to write")
     plot_p.add_argument("--label", action="append", default=[],
                         help="config key(s) for legend labels (default: keys that differ)")
+    plot_p.add_argument("--metric", choices=("accuracy", "logme"), default="accuracy",
+                        help="what to draw: test accuracy, or logme (runs with logme = true)")
     cmp_p = sub.add_parser("compare", help="strategies x seeds on one config: table + plot",
                            formatter_class=argparse.RawTextHelpFormatter)  # unbroken names
     cmp_p.add_argument("config", nargs="?", help="flat kebab-case TOML file")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fedsim.plot import plot_runs
 
-        path = plot_runs(args.runs, args.output, args.label or None)
+        path = plot_runs(args.runs, args.output, args.label or None, args.metric)
         print(f"wrote {path}")
         return 0
     except (ConfigError, DataError, EmptyRun, OSError) as exc:

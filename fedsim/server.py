@@ -99,6 +99,10 @@ def run_rounds(
             row["clients"] = dict(zip(ids, map(_number, metrics["client-accuracy"])))
             if row["accuracy"] is None:  # regression: per-client test MSE instead
                 row["clients_loss"] = dict(zip(ids, map(_number, metrics["client-loss"])))
+            if "logme" in metrics:  # logme = true: LogME of the received body per client
+                row["logme"] = _number(metrics["logme"])
+                row["clients_logme"] = dict(zip(map(str, metrics["client-logme-ids"]),
+                                                map(_number, metrics["client-logme"])))
         row["round_seconds"] = round(time.perf_counter() - start, 4)
         writer.extra["placement"] = placement.table()
         writer.log_round(row)
