@@ -46,7 +46,9 @@ def last_shared_layer(model: nn.Module, shared: set[str] | dict) -> str:
     return kernels[-1]
 
 
-def loss_and_gradient_norm(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def loss_and_gradient_norm(
+    model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float]:
     """(loss, ‖∂loss/∂W‖₂) of ``model`` as it is, on the whole of ``x, y`` (eval mode:
     BatchNorm statistics do not move), ``W`` the parameter named ``layer``."""
     model.eval()

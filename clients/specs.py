@@ -11,6 +11,7 @@ from clients.fedala import aggregate_locally, keep_local
 from clients.fedproto import train_fedproto
 from clients.fedrod import train_fedrod
 from clients.l2sp import fine_tunes_all, finetune_l2sp
+from clients.patch import train_body_without_patch, train_head_and_patch
 from clients.perfedavg import adapt_one_step, train_perfedavg
 from clients.pfedme import train_pfedme
 from clients.phases import ClientSpec, Phase, Prox, Routine
@@ -41,6 +42,12 @@ FINETUNE_HEAD = Phase("finetune-head", "head.", "finetune_epochs",
 FEDREP = ClientSpec(train=(
     Phase("head", "head.", "head_epochs", routine=Routine(_solve_head, _lstsq)),
     Phase("body", "body.", "body_epochs"),
+))
+# FedRep with model patches (Mudrakarta et al., ICLR 2019): the head and the body's BatchNorm
+# γ/β (the patch, personal), then the rest of the body.
+FEDREP_PATCH = ClientSpec(train=(
+    Phase("head+patch", "head.", "head_epochs", routine=Routine(train_head_and_patch)),
+    Phase("body", "body.", "body_epochs", routine=Routine(train_body_without_patch)),
 ))
 # FedAvg, FedPer, LG-FedAvg, Local: every parameter; they differ only in what is shared.
 FEDAVG = ClientSpec(train=(WHOLE,))

@@ -79,6 +79,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "fedrod": Algorithm("strategies.fedrod:FedRoD", specs.FEDROD, _fedrod),
     "fedala": Algorithm("strategies.fedala:FedALA", specs.FEDALA, _fedala),
     "fedproto": Algorithm("strategies.fedproto:FedProto", specs.FEDPROTO, _fedproto),
+    "fedrep-patch": Algorithm("strategies.fedrep_patch:FedRepPatch", specs.FEDREP_PATCH),
 }
 
 

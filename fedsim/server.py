@@ -46,7 +46,9 @@ def run_rounds(
     data = load_dataset(config)
     nodes = assign_nodes([len(s.train) for s in client_splits(config)], len(node_by_pid))
     strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
-    arrays = strategy.initial_arrays(client_model(config, data))
+    model = client_model(config, data)
+    arrays = strategy.initial_arrays(model)
+    writer.extra["bytes_per_client"] = model_bytes(model, set(arrays.keys()))
     writer.extra["engine"] = engine_paths(config, data)
     first = 1
     if resume is not None:
@@ -113,6 +115,14 @@ def run_rounds(
             ))
         if progress:
             progress(row, config)
+
+
+def model_bytes(model, shared: set[str]) -> dict[str, int]:
+    """Bytes of a client's model that the server sends and receives each round (``shared``,
+    one way) and that stay with the client (``personal``: parameters and buffers)."""
+    sizes = {name: v.numel() * v.element_size() for name, v in model.state_dict().items()}
+    return {"shared": sum(b for n, b in sizes.items() if n in shared),
+            "personal": sum(b for n, b in sizes.items() if n not in shared)}
 
 
 def assign_nodes(loads: list[int], nodes: int) -> list[int]:

@@ -69,7 +69,8 @@ def test_gradient_norm_of_the_last_shared_kernel():
 
 def test_a_gradnorm_run_moves_the_weights_and_is_reproducible(tmp_path):
     def run(name):
-        config = Config(num_rounds=3, num_clients=4, fraction_train=0.5, head_epochs=1, aggregation="gradnorm")
+        config = Config(num_rounds=3, num_clients=4, fraction_train=0.5, head_epochs=1,
+                        aggregation="gradnorm")
         writer = RunWriter(tmp_path / name, config.to_dict())
         run_rounds(InProcessGrid(app, 2), config, writer, 2)
         return [{k: v for k, v in r.items() if k != "round_seconds"} for r in writer.rows]

@@ -63,7 +63,8 @@ def test_all_fine_tunes_the_body_and_head_runs_vectorized_or_not(tmp_path):
     model = tiny()
     config = Config(strategy="fedavg-ft", finetune_params="all")
     assert paths(model, FEDAVG_FT, config)["finetune"] == "loop"  # its own routine
-    assert paths(model, FEDAVG_FT, dataclasses.replace(config, finetune_params="head"))["finetune"] == "vectorized"
+    head_only = dataclasses.replace(config, finetune_params="head")
+    assert paths(model, FEDAVG_FT, head_only)["finetune"] == "vectorized"
 
     def final(**changes):
         cfg = Config(strategy="fedavg-ft", num_rounds=1, num_clients=4, fraction_train=0.5,

@@ -9,8 +9,8 @@ from inprocess import InProcessGrid
 from clients.app import app
 from fedsim import logme
 from fedsim.config import Config
-from fedsim.history import RunWriter
 from fedsim.evidence import spearman
+from fedsim.history import RunWriter
 from fedsim.plot import plot_runs
 from fedsim.server import run_rounds
 
@@ -92,10 +92,12 @@ def test_runs_report_logme_per_client_and_the_spearman_correlation(tmp_path):
         assert all(np.isfinite(values))
         assert min(values) <= row["logme"] <= max(values)
     last = writer.rows[-1]
-    expected = spearman(list(last["clients_logme"].values()), [last["clients"][c] for c in last["clients_logme"]])
+    clients = list(last["clients_logme"])
+    expected = spearman([last["clients_logme"][c] for c in clients], [last["clients"][c] for c in clients])
     assert summary["logme_spearman"] == pytest.approx(expected)
     assert summary["final_logme"] == last["logme"]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["logme_spearman"] == summary["logme_spearman"]
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["logme_spearman"] == summary["logme_spearman"]
     path = plot_runs([str(tmp_path / "run")], str(tmp_path / "logme.png"), metric="logme")
     assert path.stat().st_size > 0
 
