@@ -54,8 +54,9 @@ def runs_of(part: str, rounds: int) -> dict[tuple[str, str, str], tuple[str | No
         if part == "gradnorm":
             for split, keys in SPLITS.items():
                 for strategy in GRADNORM:
-                    out[(split, strategy, "gradnorm")] = (None, [*DIGITS, *keys, f"strategy={strategy}",
-                                                                 f"num-rounds={rounds}", "aggregation=gradnorm"])
+                    keys_gn = [*DIGITS, *keys, f"strategy={strategy}", f"num-rounds={rounds}",
+                               "aggregation=gradnorm"]
+                    out[(split, strategy, "gradnorm")] = (None, keys_gn)
     if part == "patch":
         for strategy in PATCH:
             out[("domains", strategy, "samples")] = (str(ROOT / "compare_domains.toml"),
@@ -105,8 +106,8 @@ def table(grid: dict, seeds: list[int], out: Path, patch: bool = False) -> str:
     for key in grid:
         runs = [read_run(run_dir(out, key, s))[1] for s in seeds]
         rhos = [last_spearman(rows) for rows in runs]
-        cells = [*key, ms([final(r, "accuracy") for r in runs], 100), ms([final(r, "logme") for r in runs], 1, 3),
-                 ms([v for v in rhos if v == v], 1, 2)]
+        cells = [*key, ms([final(r, "accuracy") for r in runs], 100),
+                 ms([final(r, "logme") for r in runs], 1, 3), ms([v for v in rhos if v == v], 1, 2)]
         if patch:
             import json
 
@@ -114,7 +115,8 @@ def table(grid: dict, seeds: list[int], out: Path, patch: bool = False) -> str:
             sizes = summary["bytes_per_client"]
             cells.append(f"{sizes['shared']:,} / {sizes['personal']:,}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nmean ± std over seeds {seeds}; final = mean of the last 10 evaluated rounds.\n"
+    note = f"mean ± std over seeds {seeds}; final = mean of the last 10 evaluated rounds"
+    return "\n".join(lines) + f"\n\n{note}.\n"
 
 
 def plot_logme(grid: dict, seeds: list[int], out: Path, output: Path, weighting: str = "samples") -> None:
@@ -132,7 +134,8 @@ def plot_logme(grid: dict, seeds: list[int], out: Path, output: Path, weighting:
                 for seed in seeds:
                     rows = [r for r in read_run(run_dir(out, key, seed))[1] if r.get(metric) is not None]
                     curves.append([r[metric] for r in rows])
-                rounds = [r["round"] for r in read_run(run_dir(out, key, seeds[0]))[1] if r.get(metric) is not None]
+                first = read_run(run_dir(out, key, seeds[0]))[1]
+                rounds = [r["round"] for r in first if r.get(metric) is not None]
                 curves = np.array(curves)
                 ax = axes[row, col]
                 (line,) = ax.plot(rounds, curves.mean(0), label=key[1])
@@ -171,7 +174,8 @@ def plot_scatter(grid: dict, seeds: list[int], out: Path, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="logme,gradnorm,patch")
     parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=30, help="rounds of the digits runs")
@@ -191,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_logme(grid, args.seeds, out, results / "transfer_logme_curves.png")
             plot_scatter(grid, args.seeds, out, results / "transfer_logme_scatter.png")
         if part == "patch":
-            plot_patch = {k: v for k, v in grid.items()}
-            plot_logme_domains(plot_patch, args.seeds, out, results / "transfer_patch_curves.png")
+            plot_logme_domains(grid, args.seeds, out, results / "transfer_patch_curves.png")
     return 0
 
 
@@ -206,7 +209,8 @@ def plot_logme_domains(grid: dict, seeds: list[int], out: Path, output: Path) ->
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key in grid:
         for ax, metric in zip(axes, ("accuracy", "logme")):
-            runs = [[r for r in read_run(run_dir(out, key, s))[1] if r.get(metric) is not None] for s in seeds]
+            runs = [[r for r in read_run(run_dir(out, key, s))[1] if r.get(metric) is not None]
+                    for s in seeds]
             curves = np.array([[r[metric] for r in rows] for rows in runs])
             rounds = [r["round"] for r in runs[0]]
             (line,) = ax.plot(rounds, curves.mean(0), label=key[1])

@@ -13,10 +13,10 @@ and xᵢ = uᵢᵀy (uᵢ its left singular vectors), the evidence maximised ove
            − N/2·log 2π] / N,
 
 with σⱼ = 0 for the D − k directions F does not span (k = min(N, D) singular values).
-The reference sums the log-determinant over its k singular values only, which drops
-−(D − k)/2·log α whenever k < D (fewer samples than features, or rank-deficient
-features): here the sum runs over all D eigenvalues of FᵀF, as the maths says. With
-N > D and full-rank features both agree.
+With fewer samples than features (N < D) the reference sums the log-determinant over
+its k = N singular values only, which drops −(D − k)/2·log α: here the sum runs over all
+D eigenvalues of FᵀF, as the maths says. With N > D both agree (the reference keeps the
+numerically tiny singular values of rank-deficient features, which adds the same terms).
 """
 
 from __future__ import annotations

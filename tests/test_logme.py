@@ -50,10 +50,42 @@ def test_fewer_samples_than_features_uses_every_eigenvalue():
     # ... and F = U S Vᵀ carries exactly the information of U S (N x N, k = D: the reference's case)
     u, s, _ = np.linalg.svd(f, full_matrices=False)
     assert logme(u * s, y) == pytest.approx(logme(f, y), abs=1e-10)
-    # rank-deficient features with N > D: a repeated column changes nothing either
+    # with N > D: a zero column changes nothing either
     g = rng.normal(size=(40, 3))
     y40 = np.arange(40) % 4
     assert logme(np.concatenate([g, g[:, :1] * 0], axis=1), y40) == pytest.approx(logme(g, y40), abs=1e-12)
+
+
+def brute_force(f, y):
+    """The evidence of one 0/1 target from D x D matrices (A = αI + βFᵀF, m = βA⁻¹Fᵀy,
+    log|A| from slogdet), the same fixed-point updates: an independent check of the maths."""
+    n, d = f.shape
+    eig = np.linalg.eigvalsh(f.T @ f).clip(min=0)
+    alpha, beta = 1.0, 1.0
+    for _ in range(11):
+        t = alpha / beta
+        a = alpha * np.eye(d) + beta * f.T @ f
+        m = beta * np.linalg.solve(a, f.T @ y)
+        gamma = (eig / (eig + t)).sum()
+        m2, res2 = m @ m, ((y - f @ m) ** 2).sum()
+        alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+        if abs(alpha / beta - t) / t <= 1e-3:
+            break
+    logdet = np.linalg.slogdet(alpha * np.eye(d) + beta * f.T @ f)[1]
+    return (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - logdet / 2 - beta / 2 * res2 - alpha / 2 * m2
+            - n / 2 * np.log(2 * np.pi)) / n
+
+
+def test_fewer_samples_than_features_matches_the_d_by_d_maths():
+    rng = np.random.default_rng(5)
+    f = np.maximum(rng.normal(size=(12, 30)), 0)  # N = 12 < D = 30
+    y = np.arange(12) % 2
+    by_class = [brute_force(f, (y == c).astype(float)) for c in (0, 1)]  # one-vs-rest, then the mean
+    assert logme(f, y) == pytest.approx(np.mean(by_class), abs=1e-9)
+    g = rng.normal(size=(40, 6))  # and N > D, where the reference is right
+    y = np.arange(40) % 3
+    by_class = [brute_force(g, (y == c).astype(float)) for c in (0, 1, 2)]
+    assert logme(g, y) == pytest.approx(np.mean(by_class), abs=1e-9)
 
 
 def test_classes_are_those_present():
