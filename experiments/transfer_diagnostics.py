@@ -119,6 +119,30 @@ def table(grid: dict, seeds: list[int], out: Path, patch: bool = False) -> str:
     return "\n".join(lines) + f"\n\n{note}.\n"
 
 
+def ranking_table(grid: dict, seeds: list[int], out: Path) -> str:
+    """LogME as the reference uses it, to rank models for a task: per client, Spearman's
+    correlation across the strategies between the LogME of each strategy's body and the
+    client's accuracy under it (last round), averaged over the clients that have one."""
+    lines = ["| split | strategies ranked | mean per-client Spearman(LogME, accuracy) across strategies | "
+             "clients with a defined correlation |", "|---|---|---|---|"]
+    for split in SPLITS:
+        keys = [k for k in grid if k[0] == split and k[2] == "samples"]
+        if len(keys) < 2:
+            continue
+        rhos = []
+        for seed in seeds:
+            lasts = [[r for r in read_run(run_dir(out, k, seed))[1] if r.get("clients_logme")][-1]
+                     for k in keys]
+            for client in lasts[0]["clients_logme"]:
+                rho = spearman([last["clients_logme"][client] for last in lasts],
+                               [last["clients"][client] for last in lasts])
+                if rho == rho:
+                    rhos.append(rho)
+        lines.append(f"| {split} | {', '.join(k[1] for k in keys)} | {ms(rhos)} | {len(rhos)} of "
+                     f"{20 * len(seeds)} |")
+    return "\n".join(lines) + f"\n\nseeds {seeds}; ± is the std over clients and seeds.\n"
+
+
 def plot_logme(grid: dict, seeds: list[int], out: Path, output: Path, weighting: str = "samples") -> None:
     import matplotlib
 
@@ -192,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         (results / f"transfer_{part}_table.md").write_text(text)
         print(text)
         if part == "logme":
+            ranking = ranking_table(grid, args.seeds, out)
+            (results / "transfer_logme_ranking.md").write_text(ranking)
+            print(ranking)
             plot_logme(grid, args.seeds, out, results / "transfer_logme_curves.png")
             plot_scatter(grid, args.seeds, out, results / "transfer_logme_scatter.png")
         if part == "patch":
