@@ -10,7 +10,7 @@ from clients.app import app
 from fedsim import logme
 from fedsim.config import Config
 from fedsim.evidence import spearman
-from fedsim.history import RunWriter
+from fedsim.history import EmptyRun, RunWriter
 from fedsim.plot import plot_runs
 from fedsim.server import run_rounds
 
@@ -139,3 +139,5 @@ def test_logme_off_adds_nothing(tmp_path):
     writer = RunWriter(tmp_path / "run", config.to_dict())
     run_rounds(InProcessGrid(app, 1), config, writer, 1)
     assert "logme" not in writer.rows[0] and "logme_spearman" not in writer.finish()
+    with pytest.raises(EmptyRun, match="logme = true"):
+        plot_runs([str(tmp_path / "run")], str(tmp_path / "logme.png"), metric="logme")
