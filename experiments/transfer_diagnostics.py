@@ -4,7 +4,8 @@
                (2-class shards and Dirichlet 0.3), and Spearman's correlation between each
                client's last LogME and its personal accuracy
     gradnorm   FedAvg and FedRep with GradNorm client weights against sample weights (the
-               logme grid's runs), same splits
+               logme grid's runs) and against uniform weights (GradNorm's starting point,
+               its step size 1e-12), same splits
     patch      FedRep with model patches (BatchNorm γ/β personal) against FedRep and FedBN on
                the feature-shift digits (digit5-synth, domain partitioner, cnn32bn; the
                config of experiments/compare_domains.toml), with the bytes each client
@@ -57,6 +58,8 @@ def runs_of(part: str, rounds: int) -> dict[tuple[str, str, str], tuple[str | No
                     keys_gn = [*DIGITS, *keys, f"strategy={strategy}", f"num-rounds={rounds}",
                                "aggregation=gradnorm"]
                     out[(split, strategy, "gradnorm")] = (None, keys_gn)
+                    # control: GradNorm's weights frozen at 1 = a plain unweighted mean of the updates
+                    out[(split, strategy, "uniform")] = (None, [*keys_gn, "gradnorm-lr=1e-12"])
     if part == "patch":
         for strategy in PATCH:
             out[("domains", strategy, "samples")] = (str(ROOT / "compare_domains.toml"),
