@@ -23,8 +23,9 @@ from clients import engine
 from clients.affinity import fixed_batch, lookahead_affinities
 from clients.consensus import consensus_focus, knowledge_vote
 from clients.grouped import GroupBodies, unpack_groups
+from clients.diagnostics import body_logme, last_shared_layer, loss_and_gradient_norm
 from clients.personal import PERSONAL, Personal, personal_arrays
-from clients.phases import ClientSpec
+from clients.phases import ClientSpec, submodule
 from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus
 from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
@@ -115,6 +116,7 @@ def train(msg: Message, context: Context) -> Message:
             errors.append(f"RuntimeError: injected crash (client-crash = {config.client_crash})")
         else:
             cohort.append(client)
+    reports = actor.gradnorm_reports(cohort, shared, personal) if config.aggregation == "gradnorm" else {}
     done, losses, arrays = actor.train(cohort, shared, personal, server_round, failed, errors)
     personal.save(context)
     examples = [len(actor.tensors(c)[1]) for c in done]
@@ -122,6 +124,9 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": sum(examples), "client-ids": done, "client-examples": examples,
         "train-loss": losses,
     })
+    if reports:  # GradNorm: each client's loss and gradient norm at the received model
+        metrics["client-start-loss"] = [reports[c][0] for c in done]
+        metrics["client-grad-norm"] = [reports[c][1] for c in done]
     failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "failures": failures})
     if msg.content["config"].get("send-personal", False):  # KD3A: the heads, for the targets' vote only
@@ -244,6 +249,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     if config.val_fraction:
         metrics["client-val-accuracy"] = results[1][0]
         metrics["client-val-examples"] = [len(actor.splits[c].val) for c in clients]
+    if config.logme:
+        metrics["client-logme"] = actor.logme(clients, shared, Personal.of(context))
+        metrics["client-train-examples"] = [len(actor.tensors(c)[1]) for c in clients]
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
@@ -439,6 +447,24 @@ class _Actor:
         split = self.splits[client]
         return (torch.from_numpy(self.data.x[split.val]).to(self.device),
                 torch.from_numpy(self.data.y[split.val]).to(self.device))
+
+    def logme(self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal) -> list[float]:
+        """LogME of every client's evaluated body (the received arrays and its personal
+        part) on its own training data (``logme = true``); nothing trains."""
+        out = []
+        for client in clients:
+            model = submodule(self.load(client, shared, personal), self.spec.evaluates)
+            out.append(body_logme(model, *self.tensors(client)[:2]))
+        return out
+
+    def gradnorm_reports(
+        self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal
+    ) -> dict[int, tuple[float, float]]:
+        """Client -> (loss, gradient norm w.r.t. the last shared layer) at the received
+        model and the client's personal part, on its training data (GradNorm aggregation)."""
+        layer = last_shared_layer(self.model, shared)
+        return {c: loss_and_gradient_norm(self.load(c, shared, personal), layer, *self.tensors(c)[:2])
+                for c in clients}
 
 
 def corrupt(x: np.ndarray, y: np.ndarray, num_classes: int, config: Config, client: int):

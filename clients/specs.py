@@ -10,6 +10,8 @@ from clients.apfl import train_apfl
 from clients.fedala import aggregate_locally, keep_local
 from clients.fedproto import train_fedproto
 from clients.fedrod import train_fedrod
+from clients.l2sp import fine_tunes_all, finetune_l2sp
+from clients.patch import train_body_without_patch, train_head_and_patch
 from clients.perfedavg import adapt_one_step, train_perfedavg
 from clients.pfedme import train_pfedme
 from clients.phases import ClientSpec, Phase, Prox, Routine
@@ -31,13 +33,21 @@ def _solve_head(model, x, y, config, generator) -> float:
 
 
 WHOLE = Phase("whole", "", "local_epochs")
-FINETUNE_HEAD = Phase("finetune-head", "head.", "finetune_epochs")
+# the head (finetune-params = "head"), or every parameter under L2-SP ("all", client by client)
+FINETUNE_HEAD = Phase("finetune-head", "head.", "finetune_epochs",
+                      routine=Routine(finetune_l2sp, fine_tunes_all))
 
 # FedRep (Collins et al., ICML 2021, Alg. 1): the head with the body frozen (or solved
 # exactly), then the body with the head frozen.
 FEDREP = ClientSpec(train=(
     Phase("head", "head.", "head_epochs", routine=Routine(_solve_head, _lstsq)),
     Phase("body", "body.", "body_epochs"),
+))
+# FedRep with model patches (Mudrakarta et al., ICLR 2019): the head and the body's BatchNorm
+# γ/β (the patch, personal), then the rest of the body.
+FEDREP_PATCH = ClientSpec(train=(
+    Phase("head+patch", "head.", "head_epochs", routine=Routine(train_head_and_patch)),
+    Phase("body", "body.", "body_epochs", routine=Routine(train_body_without_patch)),
 ))
 # FedAvg, FedPer, LG-FedAvg, Local: every parameter; they differ only in what is shared.
 FEDAVG = ClientSpec(train=(WHOLE,))

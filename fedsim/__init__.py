@@ -2,8 +2,9 @@
 
 from fedsim.config import Config, ConfigError
 from fedsim.data import DataError, register_flwr_partitioner, register_partitioner
+from fedsim.evidence import logme
 
-__all__ = ["Config", "ConfigError", "DataError", "load_config", "register_flwr_partitioner",
+__all__ = ["Config", "ConfigError", "DataError", "load_config", "logme", "register_flwr_partitioner",
            "register_partitioner", "run"]
 
 

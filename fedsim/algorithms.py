@@ -80,6 +80,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "fedala": Algorithm("strategies.fedala:FedALA", specs.FEDALA, _fedala),
     "fedproto": Algorithm("strategies.fedproto:FedProto", specs.FEDPROTO, _fedproto),
     "fedrep-groups": Algorithm("strategies.fedrep_groups:FedRepGroups", specs.FEDREP),
+    "fedrep-patch": Algorithm("strategies.fedrep_patch:FedRepPatch", specs.FEDREP_PATCH),
 }
 
 

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot_p.add_argument("-o", "--output", default="accuracy.png", help="PNG file to write")
     plot_p.add_argument("--label", action="append", default=[],
                         help="config key(s) for legend labels (default: keys that differ)")
+    plot_p.add_argument("--metric", choices=("accuracy", "logme"), default="accuracy",
+                        help="what to draw: test accuracy, or logme (runs with logme = true)")
     aff_p = sub.add_parser("affinity", help="heat map of a run's inter-client affinity (fedrep-groups)")
     aff_p.add_argument("run_dir", metavar="RUN_DIR")
     aff_p.add_argument("-o", "--output", default="affinity.png", help="PNG file to write")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fedsim.plot import plot_runs
 
-        path = plot_runs(args.runs, args.output, args.label or None)
+        path = plot_runs(args.runs, args.output, args.label or None, args.metric)
         print(f"wrote {path}")
         return 0
     except (ConfigError, DataError, EmptyRun, OSError) as exc:

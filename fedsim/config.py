@@ -184,6 +184,21 @@ class Config:
     vectorize: str = _key("auto", "whether a node's cohort of clients trains at once (vectorized): auto "
                                   "= where supported, on = required, off = client by client",
                           ("auto", "on", "off"))
+    # transfer-learning tools (issue 20): LogME, L2-SP fine-tuning, GradNorm client weights
+    logme: bool = _key(False, "evaluated clients also report LogME of the received body's features on "
+                              "their training data (logme, clients_logme in the metrics)")
+    finetune_params: str = _key("head", "FedAvg-FT / FedBABU: what fine-tunes before evaluation: head, or "
+                                        "all = every parameter with the L2-SP penalty", ("head", "all"))
+    finetune_l2sp_alpha: float = _key(0.1, "finetune-params all: weight alpha of alpha/2 |w - w0|^2 pulling "
+                                           "the body's kernels to the received body w0")
+    finetune_l2sp_beta: float = _key(0.01, "finetune-params all: weight beta of beta/2 |w|^2 on the head's "
+                                           "kernels")
+    aggregation: str = _key("samples", "how the server weights client updates: samples = training-set "
+                                       "sizes, gradnorm = GradNorm client weights", ("samples", "gradnorm"))
+    gradnorm_alpha: float = _key(1.5, "aggregation gradnorm: asymmetry alpha (target norm = mean norm x "
+                                      "relative inverse training rate^alpha)")
+    gradnorm_lr: float = _key(0.025, "aggregation gradnorm: step size of the L1 update of the client "
+                                     "weights")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a kebab-case dict (what ``config.json`` holds)."""
@@ -332,6 +347,7 @@ class Config:
         if not 0.0 < self.fedala_sample <= 1.0:
             raise ConfigError(f"fedala-sample = {self.fedala_sample}: must be in (0, 1]")
         self._check_groups()
+        self._check_transfer_tools()
 
     def _check_groups(self) -> None:
         """Keys of issue 21: the rotated benchmark and fedrep-groups."""
@@ -360,6 +376,23 @@ class Config:
             raise ConfigError(f"fedrep-groups groups the clients after group-after = {self.group_after} "
                               f"rounds by their affinity: affinity-every = {self.affinity_every} must be "
                               f"1..{self.group_after}")
+
+    def _check_transfer_tools(self) -> None:
+        """LogME, L2-SP fine-tuning and GradNorm weights (issue 20)."""
+        for name in ("finetune_l2sp_alpha", "finetune_l2sp_beta", "gradnorm_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key_of(name)} = {getattr(self, name)}: must be >= 0")
+        _positive("gradnorm_lr", self.gradnorm_lr)
+        if self.finetune_params == "all" and self.strategy not in FINETUNE_STRATEGIES:
+            raise ConfigError(f"finetune-params = 'all' is for the strategies that fine-tune before "
+                              f"evaluation ({', '.join(FINETUNE_STRATEGIES)}), not {self.strategy!r}")
+        if self.aggregation == "gradnorm" and self.strategy in NO_GRADNORM:
+            raise ConfigError(f"aggregation = 'gradnorm' does not apply to strategy = {self.strategy!r} "
+                              f"(it weights its clients its own way or shares nothing)")
+
+
+FINETUNE_STRATEGIES = ("fedavg-ft", "fedbabu")  # finetune-params = "all" (L2-SP) applies to these
+NO_GRADNORM = ("kd3a", "local", "fedproto")  # own client weights, nothing shared, or prototypes
 
 
 KD3A_DEFAULTS: dict[str, Any] = {

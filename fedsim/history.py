@@ -85,7 +85,24 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "best_accuracy": max((r["accuracy"] for r in evaluated if r.get("accuracy") is not None),
                              default=None),
         "rounds_completed": rows[-1]["round"] if rows else 0,
+        **logme_summary(evaluated),
     }
+
+
+def logme_summary(evaluated: list[dict[str, Any]]) -> dict[str, Any]:
+    """With ``logme = true``: ``final_logme`` (the last evaluated round's) and
+    ``logme_spearman``, Spearman's rank correlation between each client's LogME and its
+    personal accuracy in the last round that has both (None if not computable)."""
+    from fedsim.evidence import spearman
+
+    rows = [r for r in evaluated if r.get("clients_logme") and r.get("clients")]
+    if not rows:
+        return {}
+    last = rows[-1]
+    pairs = [(v, last["clients"][c]) for c, v in last["clients_logme"].items()
+             if v is not None and last["clients"].get(c) is not None]
+    rho = spearman([p for p, _ in pairs], [a for _, a in pairs]) if len(pairs) > 1 else float("nan")
+    return {"final_logme": last.get("logme"), "logme_spearman": None if rho != rho else rho}
 
 
 def _mean(values: Any) -> float | None:

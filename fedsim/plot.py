@@ -1,4 +1,4 @@
-"""Convergence plots: accuracy vs round, one curve per run, a band for the client spread."""
+"""Convergence plots: accuracy (or LogME) vs round, one curve per run, a band for the client spread."""
 
 from __future__ import annotations
 
@@ -12,41 +12,55 @@ from fedsim.history import EmptyRun, read_run
 BAND = (10, 90)  # percentiles of per-client accuracy shown as the shaded band
 
 
-def plot_runs(run_dirs: list[str], output: str, label_keys: list[str] | None = None) -> Path:
-    """Write a PNG of accuracy vs round for ``run_dirs``; legends name each run by the
-    config keys in ``label_keys`` (default: the keys whose values differ between runs).
-    Raises EmptyRun, naming the run, if one has no evaluated accuracy to draw."""
+METRICS = {  # --metric: (row key, per-client key, y-axis label)
+    "accuracy": ("accuracy", "clients", "test accuracy (sample-weighted mean over clients)"),
+    "logme": ("logme", "clients_logme", "LogME of the received body (sample-weighted mean over clients)"),
+}
+
+
+def plot_runs(
+    run_dirs: list[str], output: str, label_keys: list[str] | None = None, metric: str = "accuracy"
+) -> Path:
+    """Write a PNG of ``metric`` (accuracy, or logme with ``logme = true``) vs round for
+    ``run_dirs``; legends name each run by the config keys in ``label_keys`` (default: the
+    keys whose values differ between runs). Raises EmptyRun, naming the run, if one has
+    nothing of ``metric`` to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key, per_client, ylabel = METRICS[metric]
     runs = [read_run(d) for d in run_dirs]
     for run_dir, (_, rows) in zip(run_dirs, runs):
-        _check_plottable(run_dir, rows)
+        _check_plottable(run_dir, rows, key)
     labels = run_labels([cfg for cfg, _ in runs], label_keys)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (_, rows), label in zip(runs, labels):
-        rows = [r for r in rows if r.get("accuracy") is not None]
+        rows = [r for r in rows if r.get(key) is not None]
         rounds = np.array([r["round"] for r in rows])
-        mean = np.array([r["accuracy"] for r in rows])
-        spread = np.array([np.percentile(list(r["clients"].values()), BAND) for r in rows])
+        mean = np.array([r[key] for r in rows])
+        spread = np.array([np.percentile([v for v in r[per_client].values() if v is not None], BAND)
+                           for r in rows])
         (line,) = ax.plot(rounds, mean, label=label)
         ax.fill_between(rounds, spread[:, 0], spread[:, 1], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (sample-weighted mean over clients)")
-    ax.set_title(f"shaded: {BAND[0]}th-{BAND[1]}th percentile of client accuracy")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"shaded: {BAND[0]}th-{BAND[1]}th percentile of client {metric}")
+    if metric == "accuracy":
+        ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, output)
 
 
-def _check_plottable(run_dir: str, rows: list[dict[str, Any]]) -> None:
-    if any(r.get("accuracy") is not None for r in rows):
+def _check_plottable(run_dir: str, rows: list[dict[str, Any]], key: str = "accuracy") -> None:
+    if any(r.get(key) is not None for r in rows):
         return
     if not rows:
         reason = "its metrics.jsonl is empty (the run stopped before finishing a round)"
+    elif key == "logme" and any(r.get("accuracy") is not None or r.get("loss") is not None for r in rows):
+        reason = "no round has a LogME (run with logme = true)"
     elif any(r.get("loss") is not None for r in rows):
         reason = "accuracy is null in every round (a regression run: see loss and distance in metrics.jsonl)"
     else:

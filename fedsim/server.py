@@ -47,7 +47,9 @@ def run_rounds(
     data = load_dataset(config)
     nodes = assign_nodes([len(s.train) for s in client_splits(config)], len(node_by_pid))
     strategy.node_of = {c: node_by_pid[n] for c, n in enumerate(nodes)}
-    arrays = strategy.initial_arrays(client_model(config, data))
+    model = client_model(config, data)
+    arrays = strategy.initial_arrays(model)
+    writer.extra["bytes_per_client"] = model_bytes(model, set(arrays.keys()))
     writer.extra["engine"] = engine_paths(config, data)
     if config.partitioner == "rotated":  # the planted groups of the rotated benchmark
         writer.extra["planted_groups"] = planted_groups(config)
@@ -113,7 +115,8 @@ def evaluated_row(metrics: Any) -> dict[str, Any]:
     """The metrics.jsonl entries of an evaluation: the (sample-weighted) ``accuracy`` and
     ``loss``, every client's accuracy (``clients``), their spread (``accuracy_std``,
     ``accuracy_p10``, ``accuracy_min``: unweighted, over the clients), and where present
-    ``source_accuracy``, ``val_accuracy``, ``unseen_accuracy`` (+ ``clients_unseen``)."""
+    ``source_accuracy``, ``val_accuracy``, ``unseen_accuracy`` (+ ``clients_unseen``),
+    ``logme`` (+ ``clients_logme``)."""
     row: dict[str, Any] = {"accuracy": _number(metrics["accuracy"])}
     for key in ("source-accuracy", "val-accuracy", "unseen-accuracy"):
         if key in metrics:  # with a target domain, accuracy is the target's
@@ -129,6 +132,10 @@ def evaluated_row(metrics: Any) -> dict[str, Any]:
     if "unseen-client-ids" in metrics:
         row["clients_unseen"] = dict(zip(map(str, metrics["unseen-client-ids"]),
                                          map(_number, metrics["unseen-client-accuracy"])))
+    if "logme" in metrics:  # logme = true: LogME of the received body per client
+        row["logme"] = _number(metrics["logme"])
+        row["clients_logme"] = dict(zip(map(str, metrics["client-logme-ids"]),
+                                        map(_number, metrics["client-logme"])))
     return row
 
 
@@ -138,6 +145,14 @@ def spread(accuracies: list[float]) -> dict[str, float]:
     values = np.asarray(accuracies, dtype=np.float64)
     return {"accuracy_std": float(values.std()), "accuracy_p10": float(np.percentile(values, 10)),
             "accuracy_min": float(values.min())}
+
+
+def model_bytes(model, shared: set[str]) -> dict[str, int]:
+    """Bytes of a client's model that the server sends and receives each round (``shared``,
+    one way) and that stay with the client (``personal``: parameters and buffers)."""
+    sizes = {name: v.numel() * v.element_size() for name, v in model.state_dict().items()}
+    return {"shared": sum(b for n, b in sizes.items() if n in shared),
+            "personal": sum(b for n, b in sizes.items() if n not in shared)}
 
 
 def assign_nodes(loads: list[int], nodes: int) -> list[int]:

@@ -29,6 +29,7 @@ from torch import nn
 from fedsim.config import Config
 from fedsim.wire import split_client_arrays
 from strategies.aggregate import sample_clients, weighted_average
+from strategies.gradnorm import GradNormWeights
 
 
 class CohortFedAvg(FedAvg):
@@ -49,6 +50,8 @@ class CohortFedAvg(FedAvg):
         )
         self.config = config
         self.node_of: dict[int, int] = {}  # logical client -> Flower node id, set by the loop
+        self.gradnorm = (GradNormWeights(config.gradnorm_alpha, config.gradnorm_lr)
+                         if config.aggregation == "gradnorm" else None)
 
     def shares(self, name: str) -> bool:
         """Whether parameter ``name`` is shared with (and averaged by) the server."""
@@ -61,10 +64,12 @@ class CohortFedAvg(FedAvg):
 
     def state_dict(self) -> dict:
         """JSON-able server-side state beyond the arrays (for checkpoints)."""
-        return {}
+        return {"gradnorm": self.gradnorm.state_dict()} if self.gradnorm else {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
+        if self.gradnorm and "gradnorm" in state:
+            self.gradnorm.load_state_dict(state["gradnorm"])
 
     def initial_arrays(self, model: nn.Module) -> ArrayRecord:
         """The shared part of a freshly initialised model."""
@@ -93,8 +98,11 @@ class CohortFedAvg(FedAvg):
         return []
 
     def round_metrics(self) -> dict:
-        """Extra per-round values for metrics.jsonl (e.g. KD3A's domain weights)."""
-        return {}
+        """Extra per-round values for metrics.jsonl (e.g. KD3A's domain weights; with
+        ``aggregation = "gradnorm"`` every weighted client's GradNorm weight)."""
+        if not self.gradnorm:
+            return {}
+        return {"client_weights": {str(c): w for c, w in sorted(self.gradnorm.weights.items())}}
 
     def summary(self) -> dict:
         """Extra summary.json entries, as of the last round (e.g. fedrep-groups' groups)."""
@@ -142,6 +150,7 @@ class CohortFedAvg(FedAvg):
         updates: dict[int, dict[str, np.ndarray]] = {}
         weights: dict[int, float] = {}
         losses: dict[int, float] = {}
+        reports: dict[int, tuple[float, float]] = {}  # GradNorm: (loss, norm) at the received model
         for msg in valid:
             metrics = msg.content["metrics"]
             sent = split_client_arrays(msg.content[self.arrayrecord_key], metrics["client-ids"])
@@ -150,6 +159,9 @@ class CohortFedAvg(FedAvg):
             ):
                 weights[client], losses[client] = float(n), float(loss)
                 updates[client] = sent.get(client, {})  # {} when nothing is shared
+            if "client-grad-norm" in metrics:
+                reports.update(zip(metrics["client-ids"],
+                                   zip(metrics["client-start-loss"], metrics["client-grad-norm"])))
         order = sorted(updates)
         if not order:  # every sampled client dropped out or failed
             return None, None
@@ -159,7 +171,13 @@ class CohortFedAvg(FedAvg):
                 raise ValueError(
                     f"client {client} sent arrays {sorted(updates[client])}, expected {sorted(expected)}"
                 )
-        averaged = self.average([weights[c] for c in order], [updates[c] for c in order])
+        averaging = [weights[c] for c in order]
+        if self.gradnorm:  # average with the weights of this round, then take GradNorm's step
+            averaging = self.gradnorm.of(order)
+            scored = [c for c in order if c in reports]
+            if scored:
+                self.gradnorm.update(scored, [reports[c][1] for c in scored], [reports[c][0] for c in scored])
+        averaged = self.average(averaging, [updates[c] for c in order])
         total = sum(weights.values())
         train_loss = sum(weights[c] * losses[c] for c in order) / total
         metrics = MetricRecord({"train-loss": train_loss, "num-examples": int(total)})
@@ -174,11 +192,14 @@ class CohortFedAvg(FedAvg):
         as ``val-accuracy``."""
         valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
         rows, val = [], {}
+        logme: dict[int, tuple[float, float]] = {}  # client -> (LogME, training examples)
         for msg in valid:
             m = msg.content["metrics"]
             rows += zip(m["client-ids"], m["client-examples"], m["client-accuracy"], m["client-loss"])
             if "client-val-accuracy" in m:
                 val.update(zip(m["client-ids"], zip(m["client-val-examples"], m["client-val-accuracy"])))
+            if "client-logme" in m:
+                logme.update(zip(m["client-ids"], zip(m["client-logme"], m["client-train-examples"])))
         if not rows:
             return None
         rows.sort()
@@ -197,6 +218,8 @@ class CohortFedAvg(FedAvg):
         scored_val = [(c, *val[c]) for c, *_ in scored if c in val]
         if scored_val:
             extra["val-accuracy"] = _weighted(scored_val, 2)
+        if logme:
+            extra.update(logme_metrics(logme))
         return MetricRecord({
             **extra,
             "accuracy": _weighted(scored, 2),
@@ -212,3 +235,15 @@ def _weighted(rows: list[tuple], column: int) -> float:
     """Mean of ``column`` over ``rows`` (client, examples, ...) weighted by the examples."""
     total = sum(r[1] for r in rows)
     return sum(r[1] * r[column] for r in rows) / total
+
+
+def logme_metrics(logme: dict[int, tuple[float, float]]) -> dict:
+    """``logme`` (the training-sample-weighted mean over the clients that have one; nan if
+    none) and ``client-logme`` (every client's, in client order; nan for an unlabeled
+    target) from client -> (LogME, training examples)."""
+    order = sorted(logme)
+    known = [(v, n) for v, n in (logme[c] for c in order) if v == v]
+    total = sum(n for _, n in known)
+    mean = sum(v * n for v, n in known) / total if total else float("nan")
+    return {"logme": mean, "client-logme": [logme[c][0] for c in order],
+            "client-logme-ids": order}

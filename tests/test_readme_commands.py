@@ -94,6 +94,15 @@ COMMANDS: dict[str, Run | str] = {
         "names the command; `fedsim affinity runs/groups -o affinity.png` is run",
     "python experiments/groups_rotated.py --seeds 0,1,2 --out runs/groups-exp":
         "24 runs of 40 rounds (~30 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
+    # issue 20: LogME, model patches (the transfer tools)
+    "fedsim run experiments/quickstart.toml --set logme=true --out runs/logme":
+        Run(SHRINK, _run_dir("runs/logme")),
+    "fedsim plot runs/logme --metric logme -o logme.png": Run(files=("logme.png",), ray=False),
+    "fedsim compare experiments/compare_domains.toml --strategies fedrep,fedrep-patch,fedbn --out runs/patch":
+        Run("--set num-rounds=2 --set synth-per-class=2 --strategies fedrep-patch --seeds 0",
+            ("runs/patch/table.md", "runs/patch/curves.png")),
+    "python experiments/transfer_diagnostics.py --seeds 0,1,2 --out runs/transfer":
+        "~40 minutes of runs (13 configurations x 3 seeds); its parts run in the tests of each tool",
     "python experiments/kd3a_lodo.py": "~45 minutes of runs (5 held-out domains x 3 seeds x 2 methods)",
     "python experiments/linear_fedrep.py": "dozens of 300-round runs; the linear setting is run above",
     "fedsim split CONFIG --set ... -o split.png":

@@ -47,6 +47,7 @@ def test_checkpoint_file_round_trip_is_exact_and_pickle_free(tmp_path):
     ("fedrep", {}), ("ditto", {}),
     ("fedrep", {"keep_optimizer_state": True, "lr_schedule": "cosine", "vectorize": "on"}),
     ("fedavg", {"keep_optimizer_state": True, "vectorize": "off"}),
+    ("fedrep", {"aggregation": "gradnorm"}),  # the GradNorm weights are checkpointed
 ])
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, strategy, changes):
     cfg = config(strategy=strategy, **changes)
