@@ -22,8 +22,8 @@ from torch import nn
 from clients import engine
 from clients.affinity import fixed_batch, lookahead_affinities
 from clients.consensus import consensus_focus, knowledge_vote
-from clients.grouped import GroupBodies, unpack_groups
 from clients.diagnostics import body_logme, last_shared_layer, loss_and_gradient_norm
+from clients.grouped import GroupBodies, unpack_groups
 from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec, submodule
 from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus

@@ -181,7 +181,7 @@ def table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
     for point in sweep.points:
         ok = [r for r in records if r["point"] == point and r["status"] == "completed"]
 
-        def values(key: str) -> list[float]:
+        def values(key: str, ok: list[dict[str, Any]] = ok) -> list[float]:
             return [r[key] for r in ok if r[key] is not None]
 
         cells = [v for _, v in point.values] or ["config"]
@@ -222,10 +222,9 @@ def selection_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
     for group, point in chosen.items():
         rows = [r for r in ok if r["point"] == point]
         setting = ", ".join(f"{k}={v}" for k, v in point.values if k != "strategy") or "(the config)"
+        p10 = [r["final_accuracy_p10"] for r in rows if r["final_accuracy_p10"] is not None]
         lines.append(f"| {group} | {setting} | {_mean_std(val[point])} | "
-                     f"{_mean_std([r['final_accuracy'] for r in rows])} | "
-                     f"{_mean_std([r['final_accuracy_p10'] for r in rows if r['final_accuracy_p10'] is not None])}"
-                     f" | {len(rows)} |")
+                     f"{_mean_std([r['final_accuracy'] for r in rows])} | {_mean_std(p10)} | {len(rows)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -213,7 +213,8 @@ class CohortFedAvg(FedAvg):
         if targets and sources:
             extra["source-accuracy"] = _weighted(sources, 2)
         if unseen:
-            extra.update({"unseen-accuracy": _weighted(unseen, 2), "unseen-client-ids": [r[0] for r in unseen],
+            extra.update({"unseen-accuracy": _weighted(unseen, 2),
+                          "unseen-client-ids": [r[0] for r in unseen],
                           "unseen-client-accuracy": [r[2] for r in unseen]})
         scored_val = [(c, *val[c]) for c, *_ in scored if c in val]
         if scored_val:

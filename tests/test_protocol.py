@@ -29,14 +29,16 @@ def run(tmp_path, **changes):
 
 def test_spread_of_client_accuracies():
     assert spread([0.5, 1.0, 0.0, 0.25]) == {
-        "accuracy_std": pytest.approx(np.sqrt(0.546875 / 4)),  # mean 0.4375: squares 1/256 + 81/256 + 49/256 + 9/256
+        # mean 0.4375; squared deviations 1/256 + 81/256 + 49/256 + 9/256 = 0.546875
+        "accuracy_std": pytest.approx(np.sqrt(0.546875 / 4)),
         "accuracy_p10": pytest.approx(0.075),  # numpy's linear interpolation: 0 + 0.3 * 0.25
         "accuracy_min": 0.0,
     }
 
 
 def test_validation_is_carved_out_of_training_data_only():
-    splits = [ClientSplit(np.arange(10), np.arange(100, 104)), ClientSplit(np.arange(10, 13), np.arange(104, 106))]
+    splits = [ClientSplit(np.arange(10), np.arange(100, 104)),
+              ClientSplit(np.arange(10, 13), np.arange(104, 106))]
     out = carve_validation(splits, 0.2, seed=0)
     assert [len(s.val) for s in out] == [2, 1]  # round(0.2 * 3) = 1: at least one
     assert [len(s.train) for s in out] == [8, 2]
@@ -83,8 +85,9 @@ def _states(model, shared_names, rows=1):
 
 
 def test_unseen_fedrep_client_trains_a_head_on_the_received_body():
-    from fedsim.models import SplitModel
     from torch import nn
+
+    from fedsim.models import SplitModel
 
     torch.manual_seed(0)
     model = SplitModel(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), nn.Linear(3, 2))
@@ -100,8 +103,9 @@ def test_unseen_fedrep_client_trains_a_head_on_the_received_body():
 
 
 def test_unseen_fedavg_client_evaluates_the_global_model_as_is():
-    from fedsim.models import SplitModel
     from torch import nn
+
+    from fedsim.models import SplitModel
 
     model = SplitModel(nn.Sequential(nn.Linear(4, 3)), nn.Linear(3, 2))
     states = _states(model, None)
@@ -180,7 +184,8 @@ def _fake_run(run_dir, val, test, strategy):
 
 
 def test_select_by_validation_never_looks_at_test_accuracy(tmp_path):
-    sweep = sweeping.plan(None, ["val-fraction=0.2"], [("strategy", ["fedrep", "fedavg"]), ("lr", ["0.01", "0.1"])],
+    grid = [("strategy", ["fedrep", "fedavg"]), ("lr", ["0.01", "0.1"])]
+    sweep = sweeping.plan(None, ["val-fraction=0.2"], grid,
                           [0, 1], tmp_path)
     # validation prefers lr=0.01 for fedrep and lr=0.1 for fedavg; test accuracy says the opposite
     val = {("fedrep", "0.01"): 0.9, ("fedrep", "0.1"): 0.5, ("fedavg", "0.01"): 0.4, ("fedavg", "0.1"): 0.6}
@@ -237,8 +242,9 @@ def test_sweep_runs_on_one_ray_start_reuses_completed_runs_and_survives_a_failed
 
 
 def test_unseen_fedavg_ft_client_fine_tunes_a_fresh_head():
-    from fedsim.models import SplitModel
     from torch import nn
+
+    from fedsim.models import SplitModel
 
     torch.manual_seed(0)
     model = SplitModel(nn.Sequential(nn.Linear(4, 3)), nn.Linear(3, 2))

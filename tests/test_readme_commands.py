@@ -69,9 +69,10 @@ COMMANDS: dict[str, Run | str] = {
             ("runs/compare-shards/table.md", "runs/compare-shards/curves.png")),
     "fedsim compare experiments/compare_dirichlet.toml --strategies fedrep,fedavg --seeds 0,1 --out runs/cmp":
         Run(f"{SHRINK} --strategies fedavg --seeds 1", ("runs/cmp/table.md", "runs/cmp/curves.png")),
-    "fedsim sweep experiments/quickstart.toml --grid strategy=fedrep,fedavg --grid lr=0.01,0.05 --seeds 0,1,2 "
-    "--out runs/sweep":
-        Run(f"{SHRINK} --seeds 0", ("runs/sweep/table.md", "runs/sweep/runs.csv", "runs/sweep/curves.png")),
+    "fedsim sweep experiments/quickstart.toml --grid strategy=fedrep,fedavg --grid lr=0.01,0.05 "
+    "--seeds 0,1,2 --out runs/sweep":
+        Run(f"{SHRINK} --seeds 0",
+            ("runs/sweep/table.md", "runs/sweep/runs.csv", "runs/sweep/curves.png")),
     "fedsim sweep experiments/quickstart.toml --grid strategy=fedrep,fedavg-ft --grid lr=0.01,0.05 "
     "--set val-fraction=0.2 --select val --out runs/tuned":
         Run(f"{SHRINK} --seeds 0", ("runs/tuned/selection.md", "runs/tuned/table.md")),
@@ -79,8 +80,11 @@ COMMANDS: dict[str, Run | str] = {
         "the syntax of the sweep commands above, which are run",
     "fedsim sweep --select val": "names an option of the selection command above, which is run",
     "fedsim plot": "names the command; `fedsim plot runs/rep runs/avg -o compare.png` is run",
-    "pip install 'fedsim[tensorboard]'": "an optional extra: .ci/run installs it, tests/test_protocol.py reads "
-                                         "the events back",
+    "fedsim compare": "names the command; the compare commands above are run",
+    "fedsim sweep … --set val-fraction=0.2 --select val":
+        "the shape of the selection command above, which is run",
+    "pip install 'fedsim[tensorboard]'":
+        "an optional extra: .ci/run installs it, tests/test_protocol.py reads the events back",
     "fedsim run --set strategy=kd3a --set dataset=digit5-synth --set partitioner=domain "
     "--set num-clients=5 --set target-domain=mnistm --set fraction-train=1.0":
         Run("--set num-rounds=1 --set synth-per-class=4", _run_dir("runs/kd3a-digit5-synth-*")),
