@@ -235,20 +235,25 @@ PARTITIONERS: dict[str, Partitioner | None] = {
     "domain": None,  # one domain per client (round-robin); handled by make_split
     "file": None,  # reads ``split-file``; handled by make_split
     "natural": None,  # the dataset's own clients; handled by make_split
-    "rotated": None,  # shards, client c's images rotated by (c mod num-rotations)·90°; make_split
+    "rotated": None,  # shards, client c's images rotated by (c mod num-rotations)·90°; see VIEWS
 }
+
+View = tuple[Callable[["Dataset", "Config"], "Dataset"],
+             Callable[["Config", "Dataset", np.random.Generator], "list[ClientSplit]"]]
+VIEWS: dict[str, View] = {}
+"""Partitioners that also transform the dataset: name -> (the dataset they split, their
+split), registered by their own modules (``fedsim.rotated``; imported by fedsim.validate)."""
 
 
 @functools.lru_cache(maxsize=1)
 def load_dataset(config: Config) -> Dataset:
     """The dataset named by ``config.dataset``. The last one is kept: the driver checks
     the split before Ray starts and the ServerApp then needs the same data (treat the
-    arrays as read-only). With ``partitioner = "rotated"``: its rotated copies."""
+    arrays as read-only). A partitioner in :data:`VIEWS` transforms it first (``rotated``:
+    its rotated copies)."""
     data = DATASETS[config.dataset](config)
-    if config.partitioner == "rotated":
-        from fedsim.rotated import rotated_dataset
-
-        data = rotated_dataset(data, config.num_rotations)
+    if config.partitioner in VIEWS:
+        data = VIEWS[config.partitioner][0](data, config)
     return data
 
 
@@ -276,10 +281,8 @@ def make_split(config: Config, data: Dataset) -> list[ClientSplit]:
         splits = list(data.natural)
     elif config.partitioner == "domain":
         splits = _split_by_domain(data, config, rng)
-    elif config.partitioner == "rotated":
-        from fedsim.rotated import rotated_split
-
-        splits = rotated_split(config, data, rng)
+    elif config.partitioner in VIEWS:
+        splits = VIEWS[config.partitioner][1](config, data, rng)
     else:
         train_pool, test_pool = _pools(data, config.test_fraction, rng)
         parts = PARTITIONERS[config.partitioner](data.y[train_pool], config.num_clients, rng, config)

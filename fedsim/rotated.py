@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedsim.data import ClientSplit, DataError, Dataset, _pools, match_test_split, shards
+from fedsim.data import VIEWS, ClientSplit, DataError, Dataset, _pools, match_test_split, shards
 
 if TYPE_CHECKING:
     from fedsim.config import Config
@@ -69,3 +69,6 @@ def rotated_split(config: Config, data: Dataset, rng: np.random.Generator) -> li
     groups = planted_groups(config)
     return [ClientSplit(np.sort(train) + g * n, np.sort(test) + g * n)
             for train, test, g in zip(trains, tests, groups)]
+
+
+VIEWS["rotated"] = (lambda data, config: rotated_dataset(data, config.num_rotations), rotated_split)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import fedsim.datasets  # noqa: F401 - registers the real datasets
+import fedsim.rotated  # noqa: F401 - registers the rotated benchmark's view of the data
 from fedsim.algorithms import ALGORITHMS  # the strategy table; imported here and nowhere else
 from fedsim.config import (
     REGISTRY,
