@@ -25,11 +25,19 @@ def smooth_weights(
 ) -> dict[str, float]:
     """The reference's EMA over the whole weight vector (targets and sources):
     ``momentum · previous + (1 − momentum) · current`` per model, a model seen for the
-    first time starting from an equal share ``1/len(current)`` (the reference starts from
-    uniform weights), renormalised over the models of ``current`` (with sampled clients
-    the previous weights of absent ones are left out)."""
-    equal = 1.0 / len(current)
-    mixed = {key: momentum * previous.get(key, equal) + (1 - momentum) * value
+    first time starting from its current weight (the reference replaces its uniform
+    initial weights by the first epoch's, ``train/train.py``: ``if epoch == 0``),
+    renormalised over the models of ``current`` (with sampled clients the previous weights
+    of absent ones are left out)."""
+    mixed = {key: momentum * previous.get(key, value) + (1 - momentum) * value
              for key, value in current.items()}
     total = sum(mixed.values())
     return {key: value / total for key, value in mixed.items()}
+
+
+def ema_momentum(momentum: float, horizon: int, rounds: int) -> float:
+    """The per-round EMA momentum of a run of ``rounds`` rounds for ``momentum`` meant for
+    a run of ``horizon`` rounds: ``momentum ** (horizon / rounds)``, so that the average
+    keeps the same share of its past over the same share of the run (``horizon`` 0:
+    ``momentum`` as given)."""
+    return momentum if horizon == 0 else momentum ** (horizon / rounds)
