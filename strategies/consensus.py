@@ -21,16 +21,18 @@ def domain_weights(
 
 
 def smooth_weights(
-    previous: dict[str, float], current: dict[str, float], momentum: float
+    previous: dict[str, float], current: dict[str, float], momentum: float, start: str = "uniform"
 ) -> dict[str, float]:
     """The reference's EMA over the whole weight vector (targets and sources):
-    ``momentum · previous + (1 − momentum) · current`` per model, a model seen for the
-    first time starting from its current weight (the reference replaces its uniform
-    initial weights by the first epoch's, ``train/train.py``: ``if epoch == 0``),
-    renormalised over the models of ``current`` (with sampled clients the previous weights
-    of absent ones are left out)."""
-    mixed = {key: momentum * previous.get(key, value) + (1 - momentum) * value
-             for key, value in current.items()}
+    ``momentum · previous + (1 − momentum) · current`` per model, renormalised over the
+    models of ``current`` (with sampled clients the previous weights of absent ones are
+    left out). A model seen for the first time starts from an equal share
+    ``1/len(current)`` (``start = "uniform"``) or from its current weight (``"first"``:
+    the reference, whose uniform initial weights are replaced by epoch 0's,
+    ``train/train.py``)."""
+    equal = 1.0 / len(current)
+    mixed = {key: momentum * previous.get(key, value if start == "first" else equal)
+             + (1 - momentum) * value for key, value in current.items()}
     total = sum(mixed.values())
     return {key: value / total for key, value in mixed.items()}
 

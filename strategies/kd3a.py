@@ -35,9 +35,9 @@ class KD3A(CohortFedAvg):
     and the scores. The server averages the bodies with KD3A's domain weights: target j
     ∝ its confident fraction/(K + T), sources ∝ consensus focus (summed over targets;
     equal with ``kd3a-focus = false``), smoothed by an EMA over the whole weight vector
-    (``kd3a-ema``, scaled to the run length by ``kd3a-ema-rounds``; it starts from the
-    first round's weights, as the reference's). BatchNorm running statistics are averaged with the weights, the
-    sources' ones as adapted by the vote (``kd3a-bn = false``: they stay with each
+    (``kd3a-ema``, scaled to the run length by ``kd3a-ema-rounds``, starting from uniform
+    weights or, as the reference, from the first round's: ``kd3a-ema-start``).
+    BatchNorm running statistics are averaged with the weights, the sources' ones as adapted by the vote (``kd3a-bn = false``: they stay with each
     client). Only model weights cross client boundaries.
     """
 
@@ -126,7 +126,7 @@ class KD3A(CohortFedAvg):
         current = {**{str(t): float(w) for t, w in zip(target_ids, target_w)},
                    **{str(c): float(w) for c, w in zip(present, source_w)}}
         momentum = ema_momentum(self.config.kd3a_ema, self.config.kd3a_ema_rounds, self.config.num_rounds)
-        smoothed = smooth_weights(self.weights, current, momentum)
+        smoothed = smooth_weights(self.weights, current, momentum, self.config.kd3a_ema_start)
         self.weights.update(smoothed)
         models = [targets[t] for t in target_ids]
         for c in present:  # the sources' BatchNorm statistics as adapted to the targets by the vote

@@ -102,15 +102,22 @@ def test_domain_weights():
 
 
 def test_the_moving_average_covers_the_whole_weight_vector():
-    # first round: the first round's weights themselves (the reference replaces its
-    # uniform initial weights by epoch 0's), then momentum 0.9
+    # first round: from uniform 1/3 each, momentum 0.9
     first = smooth_weights({}, {"t": 0.0, "0": 1.0, "1": 0.0}, 0.9)
-    assert first == pytest.approx({"t": 0.0, "0": 1.0, "1": 0.0})
+    assert first == pytest.approx({"t": 0.3, "0": 0.4, "1": 0.3})
     second = smooth_weights(first, {"t": 0.3, "0": 0.7, "1": 0.0}, 0.9)
-    assert second == pytest.approx({"t": 0.03, "0": 0.97, "1": 0.0})
+    assert second == pytest.approx({"t": 0.3, "0": 0.43, "1": 0.27})
     assert sum(smooth_weights(first, {"t": 0.5, "0": 0.5}, 0.9).values()) == pytest.approx(1.0)
+
+
+def test_the_moving_average_can_start_from_the_first_rounds_weights():
+    # the reference replaces its uniform initial weights by epoch 0's
+    first = smooth_weights({}, {"t": 0.0, "0": 1.0, "1": 0.0}, 0.9, "first")
+    assert first == pytest.approx({"t": 0.0, "0": 1.0, "1": 0.0})
+    second = smooth_weights(first, {"t": 0.3, "0": 0.7, "1": 0.0}, 0.9, "first")
+    assert second == pytest.approx({"t": 0.03, "0": 0.97, "1": 0.0})
     # a model first seen later (sampled clients) enters at its current weight, renormalised
-    third = smooth_weights(second, {"t": 0.2, "0": 0.4, "2": 0.4}, 0.5)
+    third = smooth_weights(second, {"t": 0.2, "0": 0.4, "2": 0.4}, 0.5, "first")
     assert third == pytest.approx({"t": 0.115 / 1.2, "0": 0.685 / 1.2, "2": 0.4 / 1.2})
 
 
