@@ -26,7 +26,8 @@ class KD3A(CohortFedAvg):
     Each round the sources train on their labels (the whole model; their train replies
     carry their heads in a separate record ``personal`` that aggregation never reads);
     the server then sends every source's full model (body + head) to the target clients'
-    nodes (message ``train.distill``; the models are used there and never stored). Each
+    nodes (message ``train.distill``; the models are used there and never stored; a
+    target's head starts from their mean at its first vote, ``kd3a-warm-head``). Each
     target runs the knowledge vote on its unlabeled data with the sources in train mode
     (BatchNorm normalises with the target batches' statistics), trains its body and head
     on the one-hot consensus with mixup, scores the sources by consensus focus (Shapley
