@@ -38,8 +38,9 @@ class KD3A(CohortFedAvg):
     equal with ``kd3a-focus = false``), smoothed by an EMA over the whole weight vector
     (``kd3a-ema``, scaled to the run length by ``kd3a-ema-rounds``, starting from uniform
     weights or, as the reference, from the first round's: ``kd3a-ema-start``).
-    BatchNorm running statistics are averaged with the weights, the sources' ones as adapted by the vote (``kd3a-bn = false``: they stay with each
-    client). Only model weights cross client boundaries.
+    BatchNorm running statistics are averaged with the weights, the sources' ones as
+    adapted by the vote (``kd3a-bn = false``: they stay with each client). Only model
+    weights cross client boundaries.
     """
 
     def __init__(self, config) -> None:
