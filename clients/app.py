@@ -21,7 +21,7 @@ from torch import nn
 
 from clients import engine
 from clients.affinity import fixed_batch, lookahead_affinities
-from clients.consensus import consensus_focus, knowledge_vote
+from clients.consensus import consensus_focus, knowledge_vote, mean_head
 from clients.diagnostics import body_logme, last_shared_layer, loss_and_gradient_norm
 from clients.grouped import GroupBodies, unpack_groups
 from clients.personal import PERSONAL, Personal, personal_arrays
@@ -172,6 +172,10 @@ def distill(msg: Message, context: Context) -> Message:
         knowledge, weight = knowledge_vote(stacked, gate)
         focus += consensus_focus(stacked, gate, config.kd3a_exact_up_to, config.kd3a_permutations,
                                  generator).tolist()
+        if config.kd3a_warm_head:  # a target's first vote: its head starts from the sources' mean
+            for name, value in mean_head(sources, set(shared)).items():
+                if personal.get(target, name) is None:
+                    personal.put(target, name, value)
         model = actor.load(target, shared, personal)
         kept = _kept_momentum(actor, personal, target) if actor.keeps_momentum else None
         epochs = kd3a_epochs(config) if config.kd3a_distill else 0.0

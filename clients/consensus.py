@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 
 
@@ -92,3 +93,12 @@ def consensus_focus(
     if probs.shape[0] <= exact_up_to:
         return consensus_focus_exact(probs, gate)
     return consensus_focus_sampled(probs, gate, permutations, generator or torch.Generator())
+
+
+def mean_head(sources: dict[int, dict[str, np.ndarray]], shared: set[str]) -> dict[str, np.ndarray]:
+    """The equal-weight mean of the sources' heads (their arrays outside ``body.`` that the
+    server does not share): a target's head at its first vote (``kd3a-warm-head``), so
+    that it starts aligned with the body the sources trained rather than at random."""
+    names = [n for n in next(iter(sources.values())) if n not in shared and not n.startswith("body.")]
+    return {n: np.mean([s[n] for s in sources.values()], axis=0).astype(next(iter(sources.values()))[n].dtype)
+            for n in names}

@@ -143,6 +143,14 @@ class Config:
     kd3a_permutations: int = _key(64, "KD3A: Monte-Carlo permutations of the sampled consensus focus")
     kd3a_ema: float = _key(0.9, "KD3A: weight of the previous domain weights (target and sources) in "
                                 "their moving average")
+    kd3a_ema_rounds: int = _key(0, "KD3A: the run length kd3a-ema is meant for (e.g. the reference's 100 "
+                                   "epochs); R rounds then use kd3a-ema ** (kd3a-ema-rounds / R), so the "
+                                   "average forgets the same share of the run (0 = kd3a-ema every round)")
+    kd3a_ema_start: str = _key("uniform", "KD3A: the moving average starts from equal weights, or from the "
+                                          "first round's (the reference, whose first vote follows a whole "
+                                          "epoch of 25,000 samples)", ("uniform", "first"))
+    kd3a_warm_head: bool = _key(True, "KD3A: a target's head starts from the mean of the sources' heads at "
+                                      "its first vote (false: from the model's initialisation)")
     kd3a_mixup: float = _key(2.0, "KD3A: Beta(a, a) mixup of target samples (0 = off)")
     kd3a_bn: bool = _key(True, "KD3A: aggregate BatchNorm running statistics with the domain weights "
                                "(the sources' statistics adapted to the target batches of the vote)")
@@ -260,6 +268,7 @@ class Config:
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key_of(name)} = {value}: must be in [0, 1)")
         _positive("kd3a_rounds_per_epoch", self.kd3a_rounds_per_epoch)
+        _at_least("kd3a_ema_rounds", self.kd3a_ema_rounds, 0)
         if self.kd3a_mixup < 0:
             raise ConfigError(f"kd3a-mixup = {self.kd3a_mixup}: must be >= 0")
         _at_least("kd3a_permutations", self.kd3a_permutations, 1)

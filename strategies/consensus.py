@@ -21,15 +21,25 @@ def domain_weights(
 
 
 def smooth_weights(
-    previous: dict[str, float], current: dict[str, float], momentum: float
+    previous: dict[str, float], current: dict[str, float], momentum: float, start: str = "uniform"
 ) -> dict[str, float]:
     """The reference's EMA over the whole weight vector (targets and sources):
-    ``momentum · previous + (1 − momentum) · current`` per model, a model seen for the
-    first time starting from an equal share ``1/len(current)`` (the reference starts from
-    uniform weights), renormalised over the models of ``current`` (with sampled clients
-    the previous weights of absent ones are left out)."""
+    ``momentum · previous + (1 − momentum) · current`` per model, renormalised over the
+    models of ``current`` (with sampled clients the previous weights of absent ones are
+    left out). A model seen for the first time starts from an equal share
+    ``1/len(current)`` (``start = "uniform"``) or from its current weight (``"first"``:
+    the reference, whose uniform initial weights are replaced by epoch 0's,
+    ``train/train.py``)."""
     equal = 1.0 / len(current)
-    mixed = {key: momentum * previous.get(key, equal) + (1 - momentum) * value
-             for key, value in current.items()}
+    mixed = {key: momentum * previous.get(key, value if start == "first" else equal)
+             + (1 - momentum) * value for key, value in current.items()}
     total = sum(mixed.values())
     return {key: value / total for key, value in mixed.items()}
+
+
+def ema_momentum(momentum: float, horizon: int, rounds: int) -> float:
+    """The per-round EMA momentum of a run of ``rounds`` rounds for ``momentum`` meant for
+    a run of ``horizon`` rounds: ``momentum ** (horizon / rounds)``, so that the average
+    keeps the same share of its past over the same share of the run (``horizon`` 0:
+    ``momentum`` as given)."""
+    return momentum if horizon == 0 else momentum ** (horizon / rounds)

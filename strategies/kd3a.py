@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fedsim.wire import pack_client_arrays, split_client_arrays
 from strategies.aggregate import weighted_average
 from strategies.base import CohortFedAvg
-from strategies.consensus import domain_weights, smooth_weights
+from strategies.consensus import domain_weights, ema_momentum, smooth_weights
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -26,7 +26,8 @@ class KD3A(CohortFedAvg):
     Each round the sources train on their labels (the whole model; their train replies
     carry their heads in a separate record ``personal`` that aggregation never reads);
     the server then sends every source's full model (body + head) to the target clients'
-    nodes (message ``train.distill``; the models are used there and never stored). Each
+    nodes (message ``train.distill``; the models are used there and never stored; a
+    target's head starts from their mean at its first vote, ``kd3a-warm-head``). Each
     target runs the knowledge vote on its unlabeled data with the sources in train mode
     (BatchNorm normalises with the target batches' statistics), trains its body and head
     on the one-hot consensus with mixup, scores the sources by consensus focus (Shapley
@@ -35,9 +36,11 @@ class KD3A(CohortFedAvg):
     and the scores. The server averages the bodies with KD3A's domain weights: target j
     ∝ its confident fraction/(K + T), sources ∝ consensus focus (summed over targets;
     equal with ``kd3a-focus = false``), smoothed by an EMA over the whole weight vector
-    (``kd3a-ema``). BatchNorm running statistics are averaged with the weights, the
-    sources' ones as adapted by the vote (``kd3a-bn = false``: they stay with each
-    client). Only model weights cross client boundaries.
+    (``kd3a-ema``, scaled to the run length by ``kd3a-ema-rounds``, starting from uniform
+    weights or, as the reference, from the first round's: ``kd3a-ema-start``).
+    BatchNorm running statistics are averaged with the weights, the sources' ones as
+    adapted by the vote (``kd3a-bn = false``: they stay with each client). Only model
+    weights cross client boundaries.
     """
 
     def __init__(self, config) -> None:
@@ -124,7 +127,8 @@ class KD3A(CohortFedAvg):
         target_w, source_w = domain_weights(scores, torch.tensor([fractions[t] for t in target_ids]))
         current = {**{str(t): float(w) for t, w in zip(target_ids, target_w)},
                    **{str(c): float(w) for c, w in zip(present, source_w)}}
-        smoothed = smooth_weights(self.weights, current, self.config.kd3a_ema)
+        momentum = ema_momentum(self.config.kd3a_ema, self.config.kd3a_ema_rounds, self.config.num_rounds)
+        smoothed = smooth_weights(self.weights, current, momentum, self.config.kd3a_ema_start)
         self.weights.update(smoothed)
         models = [targets[t] for t in target_ids]
         for c in present:  # the sources' BatchNorm statistics as adapted to the targets by the vote

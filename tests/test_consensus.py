@@ -1,5 +1,6 @@
 """KD3A maths to exact numbers."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,8 +9,9 @@ from clients.consensus import (
     consensus_focus_sampled,
     consensus_quality,
     knowledge_vote,
+    mean_head,
 )
-from strategies.consensus import domain_weights, smooth_weights
+from strategies.consensus import domain_weights, ema_momentum, smooth_weights
 
 # 3 sources, 2 samples, 3 classes
 PROBS = torch.tensor([
@@ -100,9 +102,45 @@ def test_domain_weights():
 
 
 def test_the_moving_average_covers_the_whole_weight_vector():
-    # first round: from uniform 1/3 each (the reference's initial weights), momentum 0.9
+    # first round: from uniform 1/3 each, momentum 0.9
     first = smooth_weights({}, {"t": 0.0, "0": 1.0, "1": 0.0}, 0.9)
     assert first == pytest.approx({"t": 0.3, "0": 0.4, "1": 0.3})
     second = smooth_weights(first, {"t": 0.3, "0": 0.7, "1": 0.0}, 0.9)
     assert second == pytest.approx({"t": 0.3, "0": 0.43, "1": 0.27})
     assert sum(smooth_weights(first, {"t": 0.5, "0": 0.5}, 0.9).values()) == pytest.approx(1.0)
+
+
+def test_the_moving_average_can_start_from_the_first_rounds_weights():
+    # the reference replaces its uniform initial weights by epoch 0's
+    first = smooth_weights({}, {"t": 0.0, "0": 1.0, "1": 0.0}, 0.9, "first")
+    assert first == pytest.approx({"t": 0.0, "0": 1.0, "1": 0.0})
+    second = smooth_weights(first, {"t": 0.3, "0": 0.7, "1": 0.0}, 0.9, "first")
+    assert second == pytest.approx({"t": 0.03, "0": 0.97, "1": 0.0})
+    # a model first seen later (sampled clients) enters at its current weight, renormalised
+    third = smooth_weights(second, {"t": 0.2, "0": 0.4, "2": 0.4}, 0.5, "first")
+    assert third == pytest.approx({"t": 0.115 / 1.2, "0": 0.685 / 1.2, "2": 0.4 / 1.2})
+
+
+def test_the_moving_average_is_scaled_to_the_run_length():
+    # 0.9 per round over the reference's 100 epochs forgets as much of the run as
+    # 0.9 ** 2 = 0.81 per round over 50 rounds; 0 keeps kd3a-ema as given
+    assert ema_momentum(0.9, 100, 100) == pytest.approx(0.9)
+    assert ema_momentum(0.9, 100, 50) == pytest.approx(0.81)
+    assert ema_momentum(0.9, 100, 15) == pytest.approx(0.9 ** (20 / 3))
+    assert ema_momentum(0.5, 0, 15) == 0.5
+    assert ema_momentum(0.0, 100, 15) == 0.0
+
+
+def test_a_targets_head_starts_from_the_sources_mean_head():
+    sources = {
+        0: {"body.w": np.array([1.0]), "head.weight": np.array([[1.0, 2.0]], np.float32),
+            "head.bias": np.array([0.0], np.float32)},
+        3: {"body.w": np.array([5.0]), "head.weight": np.array([[3.0, 8.0]], np.float32),
+            "head.bias": np.array([1.0], np.float32)},
+    }
+    head = mean_head(sources, {"body.w"})
+    assert set(head) == {"head.weight", "head.bias"}  # shared and body arrays are not a head
+    np.testing.assert_array_equal(head["head.weight"], [[2.0, 5.0]])
+    np.testing.assert_array_equal(head["head.bias"], [0.5])
+    assert head["head.weight"].dtype == np.float32
+    assert mean_head(sources, {"body.w", "head.weight", "head.bias"}) == {}  # share-head: nothing personal

@@ -261,3 +261,21 @@ def test_the_server_averages_bodies_with_the_sources_target_adapted_statistics(t
         np.testing.assert_allclose(averaged[name].numpy(), expected, rtol=1e-5, atol=1e-6)
     # the adapted statistics are not the sources' own: the vote moved them toward the target's
     assert not np.allclose(adapted[ids[0]]["body.1.running_mean"], sources[ids[0]]["body.1.running_mean"])
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_targets_head_starts_from_the_mean_of_the_heads_of_its_first_vote(tmp_path, warm):
+    # kd3a-distill = false: the target never trains, so its stored head is its start
+    config, grid, _ = run(tmp_path, "kd3a-distill=false", f"kd3a-warm-head={str(warm).lower()}")
+    target = config.targets()[0]
+    first = next(m for m in grid.sent if m.metadata.message_type == "train.distill")
+    ids = [int(c) for c in first.content["config"]["source-ids"]]
+    heads = [split_client_arrays(first.content["sources"], ids)[c]["head.weight"] for c in ids]
+    node = next(n for n, clients in node_clients(grid).items() if target in clients)
+    kept = personal_arrays(grid.contexts[node])[f"{target}/head.weight"]
+    initial = client_model(config, load_dataset(config)).state_dict()["head.weight"].numpy()
+    assert not np.allclose(np.mean(heads, axis=0), initial)  # the sources trained their heads
+    if warm:  # the first vote's heads, not the second's: the start is set once
+        np.testing.assert_allclose(kept, sum(heads) / len(heads), rtol=1e-6, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(kept, initial)
