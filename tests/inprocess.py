@@ -62,3 +62,32 @@ class InProcessGrid(Grid):
             replies.append(reply)
         self.replies += replies
         return replies
+
+
+class Killed(Exception):
+    """Raised by :func:`cut_and_resume`'s progress callback: the run dies mid-way."""
+
+
+def cut_and_resume(run_dir, config, die_in: int = 3):
+    """Run ``config`` into ``run_dir`` on 2 in-process nodes, killed as round ``die_in``
+    ends (after the checkpoint before it), then resume it as a new process would: fresh
+    node contexts on another layout (3 nodes). Returns the checkpoint it resumed from;
+    ``run_dir`` then holds the resumed run."""
+    import pytest
+
+    from clients.app import app
+    from fedsim.checkpoint import load_checkpoint
+    from fedsim.history import RunWriter
+    from fedsim.server import run_rounds
+
+    def die(row, _):
+        if row["round"] == die_in:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_rounds(InProcessGrid(app, 2), config, RunWriter(run_dir, config.to_dict()), 2, progress=die)
+    checkpoint = load_checkpoint(run_dir)
+    resumed = RunWriter(run_dir, config.to_dict(), resume_after=checkpoint.round)
+    run_rounds(InProcessGrid(app, 3), config, resumed, 3, resume=checkpoint)
+    resumed.finish()
+    return checkpoint

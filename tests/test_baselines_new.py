@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from inprocess import InProcessGrid
+from inprocess import InProcessGrid, cut_and_resume
 from torch import nn
 
 from clients import engine, specs
@@ -382,20 +382,7 @@ def test_personal_state_persists_across_rounds_and_through_resume(tmp_path, stra
     trained = {k for k in kept if not np.array_equal(kept[k], initial[k.partition("/")[2]].numpy())}
     assert bool(trained) == bool(PERSONAL[strategy])  # personal parts were trained and kept
 
-    class Killed(Exception):
-        pass
-
-    def die_in_round_3(row, _):
-        if row["round"] == 3:
-            raise Killed
-
-    cut = RunWriter(tmp_path / "cut", config.to_dict())
-    with pytest.raises(Killed):
-        run_rounds(InProcessGrid(app, 2), config, cut, 2, progress=die_in_round_3)
-    checkpoint = load_checkpoint(tmp_path / "cut")
-    resumed = RunWriter(tmp_path / "cut", config.to_dict(), resume_after=checkpoint.round)
-    run_rounds(InProcessGrid(app, 3), config, resumed, 3, resume=checkpoint)
-    resumed.finish()
+    cut_and_resume(tmp_path / "cut", config)
     assert timing_free(read_run(tmp_path / "cut")[1]) == timing_free(whole.rows)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from inprocess import InProcessGrid
+from inprocess import InProcessGrid, cut_and_resume
 
 from clients.app import _actor, app
 from clients.personal import personal_arrays
@@ -164,20 +164,7 @@ def test_a_targets_head_persists_across_rounds_and_through_resume(tmp_path):
     target = config.targets()[0]
     assert {f"{target}/head.weight", f"{target}/momentum:head.weight"} <= set(checkpoint.clients)
 
-    class Killed(Exception):
-        pass
-
-    def die_in_round_3(row, _):
-        if row["round"] == 3:
-            raise Killed
-
-    cut = RunWriter(tmp_path / "cut", config.to_dict())
-    with pytest.raises(Killed):
-        run_rounds(InProcessGrid(app, 2), config, cut, 2, progress=die_in_round_3)
-    checkpoint = load_checkpoint(tmp_path / "cut")
-    resumed = RunWriter(tmp_path / "cut", config.to_dict(), resume_after=checkpoint.round)
-    run_rounds(InProcessGrid(app, 3), config, resumed, 3, resume=checkpoint)  # another node layout
-    resumed.finish()
+    cut_and_resume(tmp_path / "cut", config)  # resumed on another node layout
     def strip(rows):
         return [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
 
