@@ -465,14 +465,14 @@ def read_values(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
         for key, value in raw.items():
-            name = _field_name(key)
+            name = field_name(key)
             values[name] = _typed(key, value)
     for item in overrides or []:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        name = _field_name(key)
+        name = field_name(key)
         values[name] = _typed(key, _parse_text(key, text.strip()))
     return values
 
@@ -480,10 +480,12 @@ def read_values(path: str | Path | None = None, overrides: list[str] | None = No
 def typed_values(data: dict[str, Any]) -> dict[str, Any]:
     """A config's ``to_dict()`` form (config.json, Flower's run_config) as typed values
     by field name."""
-    return {_field_name(k): _typed(k, v) for k, v in data.items()}
+    return {field_name(k): _typed(k, v) for k, v in data.items()}
 
 
-def _field_name(key: str) -> str:
+def field_name(key: str) -> str:
+    """The Config field of kebab-case ``key``; an unknown key is a ConfigError with a
+    did-you-mean."""
     if key not in _FIELDS:
         hint = difflib.get_close_matches(key, list(_FIELDS), n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else ""
