@@ -80,10 +80,7 @@ def run_many(
     ``announce(index, config, out)`` is called as each run starts. Configs are expected
     validated (``fedsim.validate.load_config``)."""
     for config, _ in jobs:
-        validate(config)
-        client_splits(config)
-        engine_paths(config, load_dataset(config))
-        _check_local_resources(config)
+        _check_before_ray(config)
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     layouts: dict[tuple, list[int]] = {}
     for i, (config, _) in enumerate(jobs):
@@ -125,11 +122,17 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     return _execute(config, Path(run_dir), progress, checkpoint)
 
 
-def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
+def _check_before_ray(config: Config) -> None:
+    """Everything that can be refused before Ray starts: the values, the split (a bad
+    one fails here), ``vectorize = "on"`` where it cannot be met, and the resources."""
     validate(config)
-    client_splits(config)  # a bad split fails here, before Ray starts
-    engine_paths(config, load_dataset(config))  # so does vectorize = "on" where it cannot be met
+    client_splits(config)
+    engine_paths(config, load_dataset(config))
     _check_local_resources(config)
+
+
+def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
+    _check_before_ray(config)
     writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
     with _stop_on_sigint():
         try:
@@ -225,14 +228,13 @@ def _stop_on_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _simulate(
-    config: Config, writer: RunWriter, num_nodes: int, progress: bool, checkpoint: Any
-) -> None:
+def _run_simulation(server_app: Any, config: Config, num_nodes: int) -> None:
+    """Flower's simulation of ``server_app`` with our ClientApp on ``num_nodes`` nodes,
+    actors sized by ``config``'s resources, replies pumped as they arrive."""
     from flwr.simulation import run_simulation
 
     from clients.app import app
-    from fedsim.placement import PlacedClientApp, describe
-    from fedsim.server import make_server_app
+    from fedsim.placement import PlacedClientApp
 
     backend_config = {
         "client_resources": {
@@ -244,14 +246,22 @@ def _simulate(
     with warnings.catch_warnings(), fast_message_pump():
         warnings.simplefilter("ignore")
         run_simulation(
-            server_app=make_server_app(
-                config, writer, num_nodes, _print_progress if progress else None, checkpoint
-            ),
+            server_app=server_app,
             client_app=PlacedClientApp(app),  # replies say which actor ran them
             num_supernodes=num_nodes,
             backend_config=backend_config,  # type: ignore[arg-type]
             verbose_logging=config.verbose,
         )
+
+
+def _simulate(
+    config: Config, writer: RunWriter, num_nodes: int, progress: bool, checkpoint: Any
+) -> None:
+    from fedsim.placement import describe
+    from fedsim.server import make_server_app
+
+    _run_simulation(make_server_app(config, writer, num_nodes, _print_progress if progress else None,
+                                    checkpoint), config, num_nodes)
     if progress and "placement" in writer.extra:
         print(describe(writer.extra["placement"]), file=sys.stderr, flush=True)
     if len(writer.rows) < config.num_rounds:
@@ -263,10 +273,7 @@ def _simulate_many(
 ) -> list[dict[str, Any]]:
     """One Flower simulation whose ServerApp runs ``jobs`` one after another."""
     from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
 
-    from clients.app import app
-    from fedsim.placement import PlacedClientApp
     from fedsim.server import run_rounds
 
     summaries: list[dict[str, Any]] = []
@@ -294,15 +301,7 @@ def _simulate_many(
                 continue
             summaries.append(writer.finish())
 
-    config = jobs[0][0]
-    backend_config = {
-        "client_resources": {"num_cpus": config.client_num_cpus, "num_gpus": config.client_num_gpus},
-        "init_args": {"log_to_driver": config.verbose},
-    }
-    with warnings.catch_warnings(), fast_message_pump():
-        warnings.simplefilter("ignore")
-        run_simulation(server_app=server_app, client_app=PlacedClientApp(app), num_supernodes=num_nodes,
-                       backend_config=backend_config, verbose_logging=config.verbose)  # type: ignore[arg-type]
+    _run_simulation(server_app, jobs[0][0], num_nodes)  # the group shares these resources
     if STOP.is_set():
         raise _Stopped
     missing = len(jobs) - len(summaries)  # the simulation ended early (e.g. its ServerApp raised)
