@@ -303,6 +303,7 @@ class _Actor:
         self.keeps_momentum = bool(engine.momentum_entries(self.model, config))
         self.slots = self.model.state_dict(keep_vars=True)  # the model's own tensors
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._val: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tensors(self, client: int) -> tuple[torch.Tensor, ...]:
         """(x_train, y_train, x_test, y_test) of ``client`` on the actor's device."""
@@ -447,10 +448,13 @@ class _Actor:
         return results
 
     def val_tensors(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``client``'s validation inputs and labels (``val-fraction``) on the device."""
-        split = self.splits[client]
-        return (torch.from_numpy(self.data.x[split.val]).to(self.device),
-                torch.from_numpy(self.data.y[split.val]).to(self.device))
+        """``client``'s validation inputs and labels (``val-fraction``) on the device,
+        built once like :meth:`tensors`."""
+        if client not in self._val:
+            split = self.splits[client]
+            self._val[client] = (torch.from_numpy(self.data.x[split.val]).to(self.device),
+                                 torch.from_numpy(self.data.y[split.val]).to(self.device))
+        return self._val[client]
 
     def logme(self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal) -> list[float]:
         """LogME of every client's evaluated body (the received arrays and its personal
