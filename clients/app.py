@@ -244,7 +244,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     actor = _actor(config.to_json())
     server_round = int(msg.content["config"]["server-round"])
     unseen = {int(c) for c in msg.content["config"].get("unseen", [])}
-    results = actor.evaluate(clients, shared, Personal.of(context), server_round, unseen)
+    personal = Personal.of(context)
+    results = actor.evaluate(clients, shared, personal, server_round, unseen)
     examples = [len(actor.tensors(c)[3]) for c in clients]
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": clients, "client-examples": examples,
@@ -254,7 +255,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         metrics["client-val-accuracy"] = results[1][0]
         metrics["client-val-examples"] = [len(actor.splits[c].val) for c in clients]
     if config.logme:
-        metrics["client-logme"] = actor.logme(clients, shared, Personal.of(context))
+        metrics["client-logme"] = actor.logme(clients, shared, personal)
         metrics["client-train-examples"] = [len(actor.tensors(c)[1]) for c in clients]
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
