@@ -257,3 +257,16 @@ def test_unseen_fedavg_ft_client_fine_tunes_a_fresh_head():
                         [torch.Generator().manual_seed(0)], initial)
     assert torch.equal(states["head.weight"][0], initial["head.weight"])  # fine-tuning comes after
     assert torch.equal(states["body.0.weight"], received_body)
+
+
+def test_tensorboard_without_the_package_is_refused_before_anything_starts(monkeypatch):
+    from fedsim import events
+    from fedsim.validate import load_config
+
+    def missing():
+        raise ImportError(events.MISSING)
+
+    monkeypatch.setattr(events, "require", missing)
+    with pytest.raises(ConfigError, match=r"pip install 'fedsim\[tensorboard\]'"):
+        load_config(None, ["tensorboard=true"])
+    load_config(None, ["tensorboard=false"])  # off needs nothing
