@@ -16,7 +16,7 @@ from torch import nn
 from clients import vectorized
 from clients.batched import outputs
 from clients.phases import ClientSpec, Phase, submodule
-from clients.routines import MOMENTUM, evaluate, run_epochs, scores
+from clients.routines import MOMENTUM, evaluate, run_epochs
 from fedsim.config import Config, ConfigError
 
 LOOP, VECTORIZED = "loop", "vectorized"
@@ -153,7 +153,7 @@ def evaluate_sets(
             module = submodule(model, spec.evaluates)
             prefix = f"{spec.evaluates}." if spec.evaluates else ""
             params = {n[len(prefix):]: states[n] for n in states if n.startswith(prefix)}
-            results = [scores(output, y) for output, y in zip(outputs(module, params, test[0]), test[1])]
+            results = vectorized.cohort_scores(outputs(module, params, test[0]), test[1])
         out.append(([a for a, _ in results], [loss for _, loss in results]))
     return out
 

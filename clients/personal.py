@@ -43,6 +43,25 @@ class Personal:
         row = self.rows.get(name, {}).get(client)
         return None if row is None else self.stacks[name][row, ...]
 
+    def take(self, clients: list[int], name: str) -> np.ndarray | None:
+        """The stored ``name`` rows of ``clients``, stacked (one gather), or None unless
+        every one of them has a row saved before this message."""
+        rows = self.rows.get(name, {})
+        if self.added.get(name) or not all(c in rows for c in clients):
+            return None
+        return self.stacks[name][[rows[c] for c in clients]]
+
+    def put_rows(self, clients: list[int], name: str, values: np.ndarray) -> None:
+        """:meth:`put` of ``values[i]`` for every ``clients[i]`` (one scatter where
+        they all have rows)."""
+        rows = self.rows.get(name, {})
+        if name in self.stacks and not self.added.get(name) and all(c in rows for c in clients):
+            self.changed.add(name)
+            self.stacks[name][[rows[c] for c in clients]] = values
+            return
+        for client, value in zip(clients, values):
+            self.put(client, name, value)
+
     def put(self, client: int, name: str, value: np.ndarray) -> None:
         self.changed.add(name)
         row = self.rows.get(name, {}).get(client)

@@ -99,6 +99,25 @@ def per_sample_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return flat.view(y.shape)
 
 
+def cohort_scores(outputs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[tuple[float, float]]:
+    """(accuracy, mean loss) of every client, as :func:`clients.routines.scores` gives
+    them one client at a time (nan accuracy for regression, nan for a client with no
+    samples), from one loss and one argmax over the whole cohort's outputs."""
+    sizes = torch.tensor([len(y) for y in ys])
+    owner = torch.repeat_interleave(torch.arange(len(ys)), sizes).to(ys[0].device)
+    output, y = torch.cat(outputs), torch.cat(ys)
+    if y.is_floating_point():
+        per_sample = (output.squeeze(-1) - y) ** 2
+    else:
+        per_sample = nn.functional.cross_entropy(output, y, reduction="none")
+    sums = torch.zeros(len(ys), dtype=torch.float64, device=y.device)
+    loss = (sums.index_add(0, owner, per_sample.double()) / sizes.to(sums)).tolist()
+    if y.is_floating_point():
+        return [(float("nan"), v) for v in loss]
+    correct = sums.index_add(0, owner, (output.argmax(dim=1) == y).double())
+    return list(zip((correct / sizes.to(sums)).tolist(), loss))
+
+
 def run_phase(
     model: nn.Module, phase: Phase, states: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
     xs: list[torch.Tensor], ys: list[torch.Tensor], config: Config, generators: list[torch.Generator],

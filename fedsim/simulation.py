@@ -18,6 +18,7 @@ from fedsim.algorithms import engine_paths
 from fedsim.config import Config, ConfigError
 from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
+from fedsim.lean_ray import lean_local_ray
 from fedsim.pump import fast_message_pump
 from fedsim.validate import config_from_dict, validate
 
@@ -370,8 +371,9 @@ def _init_ray(config: Config) -> None:
     pythonpath = os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = pythonpath
     env = {"env_vars": {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}}
+    lean = lean_local_ray(config.verbose) if address == "local" else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), lean:
             warnings.simplefilter("ignore", FutureWarning)
             ray.init(
                 address=address,
@@ -428,6 +430,7 @@ def _stop_ray() -> None:
 def _quiet(verbose: bool) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats reporting thread
     # Client errors are reported by fedsim itself, once; Flower would log them twice more.
     level = logging.INFO if verbose else logging.CRITICAL
     for name in ("flwr", "ray"):
