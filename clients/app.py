@@ -52,13 +52,6 @@ def _explained(handler):
 
     @functools.wraps(handler)
     def wrapper(msg: Message, context: Context) -> Message:
-        import time as _t, os as _o  # PROFILE-HACK
-        _s = _t.perf_counter(); _c = _t.process_time()
-        try:
-            return handler(msg, context)
-        finally:
-            with open("/tmp/b/actor.log", "a") as _f:
-                _f.write(f"{_o.getpid()} {handler.__name__} {_t.time():.4f} {1000*(_t.perf_counter()-_s):.1f} {1000*(_t.process_time()-_c):.1f}\n")
         try:
             return handler(msg, context)
         except Exception as exc:
