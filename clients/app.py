@@ -101,11 +101,16 @@ def train(msg: Message, context: Context) -> Message:
 
     Injected faults (``client-dropout``, ``client-crash``) and exceptions raised by a
     client's routine are per client: the client is left out of the reply and reported
-    under ``failures`` (ids and errors) for the server's ``max-failures`` budget."""
+    under ``failures`` (ids and errors) for the server's ``max-failures`` budget.
+    A message may carry the previous round's evaluation (``evaluate``: an evaluate
+    message's config): it runs first and its metrics come back under ``evaluation``."""
     config, clients, shared = _unpack(msg)
     actor = _actor(config.to_json())
     server_round = int(msg.content["config"]["server-round"])
     personal = Personal.of(context)
+    evaluation = None
+    if "evaluate" in msg.content:  # the last round's evaluation first, on the same arrays and heads
+        evaluation = _evaluation(config, msg.content["evaluate"], msg.content["arrays"], personal)
     dropped, failed, errors, cohort = [], [], [], []
     for client in clients:
         fault = np.random.default_rng([config.seed, server_round, client, 2]).random(2)
@@ -129,6 +134,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics["client-grad-norm"] = [reports[c][1] for c in done]
     failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "failures": failures})
+    if evaluation is not None:
+        content["evaluation"] = evaluation
     if msg.content["config"].get("send-personal", False):  # KD3A: the heads, for the targets' vote only
         names = [n for n in actor.initial if n not in shared]
         content["personal"] = pack_client_arrays({c: {n: personal.get(c, n) for n in names} for c in done})
@@ -240,11 +247,23 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Test accuracy of every named client: received shared arrays + its own personal part
     (clients named under ``unseen`` never trained: they adapt first, see
     :func:`clients.engine.adapt_unseen`). With ``val-fraction``, also the validation accuracy."""
-    config, clients, shared = _unpack(msg)
+    record = msg.content["config"]
+    config = config_from_dict(json.loads(str(record["run-config"])))
+    metrics = _evaluation(config, record, msg.content["arrays"], Personal.of(context))
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _evaluation(
+    config: Config, record: ConfigRecord, arrays: ArrayRecord, personal: Personal
+) -> MetricRecord:
+    """The evaluation metrics of the clients named in ``record`` (an evaluate message's
+    config) with the shared ``arrays``: the evaluate handler's reply, or the previous
+    round's evaluation sent along with a train message (see :func:`fedsim.server.run_rounds`)."""
     actor = _actor(config.to_json())
-    server_round = int(msg.content["config"]["server-round"])
-    unseen = {int(c) for c in msg.content["config"].get("unseen", [])}
-    personal = Personal.of(context)
+    clients = [int(c) for c in record["clients"]]  # type: ignore[union-attr]
+    shared = unpack_groups(arrays.to_torch_state_dict(), record)
+    server_round = int(record["server-round"])
+    unseen = {int(c) for c in record.get("unseen", [])}
     results = actor.evaluate(clients, shared, personal, server_round, unseen)
     examples = [len(actor.tensors(c)[3]) for c in clients]
     metrics = MetricRecord({
@@ -257,7 +276,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if config.logme:
         metrics["client-logme"] = actor.logme(clients, shared, personal)
         metrics["client-train-examples"] = [len(actor.tensors(c)[1]) for c in clients]
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return metrics
 
 
 def _unpack(msg: Message) -> tuple[Config, list[int], dict[str, torch.Tensor]]:

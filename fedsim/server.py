@@ -62,10 +62,40 @@ def run_rounds(
         first = resume.round + 1
     run_config = {"run-config": config.to_json()}
 
+    deferred: Deferred | None = None  # an evaluation that travels with the next round's training
+
+    def finish(row: dict[str, Any], seconds: float) -> None:
+        row["round_seconds"] = round(seconds, 4)
+        writer.extra["placement"] = placement.table()
+        writer.extra.update(strategy.summary())
+        writer.log_round(row)
+        if config.checkpoint_every and row["round"] % config.checkpoint_every == 0:
+            save_checkpoint(writer.dir, Checkpoint(
+                row["round"], {k: v.numpy() for k, v in arrays.items()},
+                _export_clients(grid, node_by_pid, config.round_timeout), strategy.state_dict(),
+            ))
+        if progress:
+            progress(row, config)
+
     for server_round in range(first, config.num_rounds + 1):
         start = time.perf_counter()
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(run_config), grid))
-        replies, failed = _exchange(grid, messages, config.round_timeout, tolerate=True, placement=placement)
+        if deferred is None:
+            replies, failed = _exchange(grid, messages, config.round_timeout, tolerate=True,
+                                        placement=placement)
+        else:
+            messages, alone = deferred.attach(messages)
+            answers = send_and_receive(grid, messages + alone, config.round_timeout)
+            placement.observe(answers)
+            replies, failed = _sort_replies(messages, answers, config.round_timeout, tolerate=True)
+            evaluations = _sort_replies(alone, answers, config.round_timeout)[0]
+            carried, again = deferred.collect(replies)
+            if again:
+                evaluations += _exchange(grid, again, config.round_timeout, placement=placement)[0]
+            deferred.row.update(evaluated_row(strategy.aggregate_evaluate(
+                deferred.row["round"], carried + evaluations)))
+            finish(deferred.row, deferred.seconds)
+            deferred = None
         dropped = [c for r in replies for c in r.content["failures"]["dropped"]]
         for reply in replies:
             report = reply.content["failures"]
@@ -93,22 +123,65 @@ def run_rounds(
             row["distance"] = principal_angle_distance(estimate, data.true_body)
         if server_round % config.eval_every == 0 or server_round == config.num_rounds:
             messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(run_config), grid))
+            if server_round < config.num_rounds and not (
+                    config.checkpoint_every and server_round % config.checkpoint_every == 0):
+                deferred = Deferred(row, messages, time.perf_counter() - start)
+                continue
             metrics = strategy.aggregate_evaluate(
                 server_round, _exchange(grid, messages, config.round_timeout, placement=placement)[0]
             )
             assert metrics is not None
             row.update(evaluated_row(metrics))
-        row["round_seconds"] = round(time.perf_counter() - start, 4)
-        writer.extra["placement"] = placement.table()
-        writer.extra.update(strategy.summary())
-        writer.log_round(row)
-        if config.checkpoint_every and server_round % config.checkpoint_every == 0:
-            save_checkpoint(writer.dir, Checkpoint(
-                server_round, {k: v.numpy() for k, v in arrays.items()},
-                _export_clients(grid, node_by_pid, config.round_timeout), strategy.state_dict(),
-            ))
-        if progress:
-            progress(row, config)
+        finish(row, time.perf_counter() - start)
+
+
+class Deferred:
+    """A round's evaluation sent with the next round's training messages: a node that
+    trains then evaluates the previous round's clients first (same arrays, same personal
+    state, the same seeds), and one message exchange per round is saved (each costs the
+    driver, Ray and the actors ~10 ms of CPU). Nodes that train nothing next round get
+    the evaluate message on its own. The round's row is logged once the next round's
+    replies are in (never for a last round or a checkpointed one, which evaluate at once);
+    its ``round_seconds`` then counts the evaluation in the next round."""
+
+    def __init__(self, row: dict[str, Any], messages: list[Message], seconds: float) -> None:
+        self.row, self.messages, self.seconds = row, messages, seconds
+        self.carried: dict[int, list[int]] = {}  # node -> clients it evaluates in its train message
+
+    def attach(self, train: list[Message]) -> tuple[list[Message], list[Message]]:
+        """The train messages (those to evaluating nodes carrying their evaluate config)
+        and the evaluate messages of nodes that train nothing."""
+        by_node = {m.metadata.dst_node_id: m for m in self.messages}
+        for message in train:
+            evaluate = by_node.pop(message.metadata.dst_node_id, None)
+            if evaluate is not None and evaluate.content["arrays"] is message.content["arrays"]:
+                message.content["evaluate"] = evaluate.content["config"]
+                self.carried[message.metadata.dst_node_id] = list(evaluate.content["config"]["clients"])
+            elif evaluate is not None:  # different arrays (never with the built-in strategies)
+                by_node[message.metadata.dst_node_id] = evaluate
+        return train, list(by_node.values())
+
+    def collect(self, replies: list[Message]) -> tuple[list[Any], list[Message]]:
+        """The evaluations carried back by ``replies``, and the evaluate messages to send
+        again, on their own, for nodes whose train message failed (whether they fail
+        again decides, as without this)."""
+        out = [_Evaluation(r.content["evaluation"]) for r in replies
+               if r.metadata.src_node_id in self.carried and "evaluation" in r.content]
+        answered = {r.metadata.src_node_id for r in replies if "evaluation" in r.content}
+        again = [m for m in self.messages
+                 if m.metadata.dst_node_id in self.carried and m.metadata.dst_node_id not in answered]
+        return out, again  # never sent: their config travelled inside the train messages
+
+
+class _Evaluation:
+    """An evaluation that came back inside a train reply, shaped like an evaluate reply
+    for ``aggregate_evaluate``."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.content = {"metrics": metrics}
+
+    def has_error(self) -> bool:
+        return False
 
 
 def evaluated_row(metrics: Any) -> dict[str, Any]:
@@ -298,10 +371,19 @@ def _exchange(
     replies = send_and_receive(grid, messages, timeout)
     if placement is not None:
         placement.observe(replies)
+    return _sort_replies(messages, replies, timeout, tolerate)
+
+
+def _sort_replies(
+    messages: list[Message], replies: list[Message], timeout: float, tolerate: bool = False,
+) -> tuple[list[Message], dict[int, str]]:
+    """The good replies to ``messages`` among ``replies`` (at most one message per node)
+    and the reason per client of a failed or missing one; see :func:`_exchange`."""
     clients_of = {
         m.metadata.dst_node_id: list(m.content["config"]["clients"]) if "config" in m.content else []
         for m in messages
     }
+    replies = [r for r in replies if r.metadata.src_node_id in clients_of]
     failed: dict[int, str] = {}
     problems: list[str] = []
     for reply in replies:

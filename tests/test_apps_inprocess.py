@@ -12,7 +12,7 @@ from fedsim.server import ClientFailure, assign_nodes, run_rounds
 
 
 def run(tmp_path, num_nodes=2, **changes):
-    config = Config(num_rounds=3, num_clients=6, fraction_train=0.5, head_epochs=2, **changes)
+    config = Config(**{"num_rounds": 3, "num_clients": 6, "fraction_train": 0.5, "head_epochs": 2, **changes})
     grid = InProcessGrid(app, num_nodes)
     writer = RunWriter(tmp_path / f"run-{num_nodes}-{len(list(tmp_path.iterdir()))}", config.to_dict())
     run_rounds(grid, config, writer, num_nodes)
@@ -165,3 +165,39 @@ def test_restore_replaces_everything_a_node_held():
                                               message_type="query.restore")])
     assert not reply.has_error()
     assert list(personal_arrays(grid.contexts[1000])) == ["3/head.bias"]
+
+
+def test_an_evaluation_travels_with_the_next_rounds_training(tmp_path, monkeypatch):
+    """One exchange per round: round r's evaluate config rides on round r+1's train
+    messages (nodes that train nothing get it on its own); the rows equal those of a
+    run that evaluates in an exchange of its own (checkpointed rounds evaluate at once)."""
+    from fedsim import server
+
+    monkeypatch.setattr(server, "save_checkpoint", lambda directory, checkpoint: None)
+    changes = dict(num_rounds=4, fraction_train=0.34, fraction_evaluate=1.0)
+    grid, deferred = run(tmp_path, num_nodes=6, **changes)
+    _, at_once = run(tmp_path, num_nodes=6, checkpoint_every=1, **changes)
+    assert strip_timing(deferred) == strip_timing(at_once)
+    assert [r["round"] for r in deferred] == [1, 2, 3, 4] and all("accuracy" in r for r in deferred)
+    carried = [m for m in grid.sent if "evaluate" in m.content]
+    alone = [m for m in grid.sent if m.metadata.message_type == "evaluate"]
+    assert len(carried) == 3 * 2  # rounds 2-4: two training nodes each carry the last evaluation
+    assert len(alone) == 3 * 4 + 6  # the other four nodes on their own; round 4 evaluates at once
+    assert all("evaluation" in r.content for r in grid.replies if "evaluate" in r.content)
+
+
+def test_an_evaluation_whose_train_message_failed_is_sent_again(tmp_path, monkeypatch):
+    from clients import app as client_app
+
+    original = client_app._Actor.train
+
+    def train(self, clients, shared, personal, server_round, failed, errors):
+        if server_round == 2:
+            raise RuntimeError("node lost")  # the whole message fails, its evaluation with it
+        return original(self, clients, shared, personal, server_round, failed, errors)
+
+    _, clean = run(tmp_path)
+    monkeypatch.setattr(client_app._Actor, "train", train)
+    grid, rows = run(tmp_path, max_failures=6)
+    assert rows[0] == {**rows[0], **{k: v for k, v in clean[0].items() if k != "round_seconds"}}
+    assert rows[1]["failures"] == 3 and rows[1]["accuracy"] is not None
