@@ -58,15 +58,19 @@ def batch_indices(
     index = torch.zeros(len(sizes), longest, width, dtype=torch.long)
     count = torch.zeros(len(sizes), longest, dtype=torch.long)
     epoch_start = torch.zeros(len(sizes), longest, dtype=torch.bool)
-    for c, ((per_epoch, steps), n, generator) in enumerate(zip(plans, sizes, generators)):
-        if steps == 0:
-            continue
+    alike: dict[tuple[int, int, int], list[int]] = {}  # clients of one size share one layout
+    for c, ((per_epoch, steps), n) in enumerate(zip(plans, sizes)):
+        if steps:
+            alike.setdefault((n, per_epoch, steps), []).append(c)
+    for (n, per_epoch, steps), members in alike.items():
         passes = math.ceil(steps / per_epoch)
-        orders = torch.stack([torch.randperm(n, generator=generator) for _ in range(passes)])
+        orders = torch.stack([torch.randperm(n, generator=generators[c])
+                              for c in members for _ in range(passes)]).view(len(members), passes, n)
         position, valid, counts = _layout(n, per_epoch, batch_size)
-        index[c, :steps] = (orders[:, position] * valid).reshape(-1, width)[:steps]
-        count[c, :steps] = counts.repeat(passes)[:steps]
-        epoch_start[c, :steps:per_epoch] = True
+        rows = torch.tensor(members)
+        index[rows, :steps] = (orders[:, :, position] * valid).reshape(len(members), -1, width)[:, :steps]
+        count[rows, :steps] = counts.repeat(passes)[:steps]
+        epoch_start[rows, :steps:per_epoch] = True
     return index, count, epoch_start
 
 
