@@ -354,9 +354,11 @@ class _Actor:
                 slot.copy_(self.initial[name] if value is None else value)
         return self.model
 
-    def stack(self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal):
+    def stack(self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal,
+              copies: bool = True):
         """The cohort's state, one tensor per model entry (row = client): the shared
-        arrays, else each client's personal value (its initial value the first time)."""
+        arrays, else each client's personal value (its initial value the first time).
+        Without ``copies`` the shared rows are one broadcast view (to be read only)."""
         self._check(shared)
         states = {}
         for name, initial in self.entries.items():
@@ -364,8 +366,9 @@ class _Actor:
                 states[name] = shared.rows(name, clients).to(self.device).clone()
                 continue
             if name in shared:
-                value = shared[name].to(self.device)
-                states[name] = value.unsqueeze(0).repeat(len(clients), *([1] * value.dim()))
+                value = shared[name].to(self.device).unsqueeze(0)
+                states[name] = value.repeat(len(clients), *([1] * (value.dim() - 1))) if copies \
+                    else value.expand(len(clients), *value.shape[1:])
                 continue
             taken = personal.take(clients, name)
             if taken is not None:
@@ -383,7 +386,8 @@ class _Actor:
 
     def in_round(self, server_round: int) -> Config:
         """The config with the learning rate of ``server_round`` (``lr-schedule``)."""
-        return dataclasses.replace(self.config, lr=self.config.round_lr(server_round))
+        lr = self.config.round_lr(server_round)
+        return self.config if lr == self.config.lr else dataclasses.replace(self.config, lr=lr)
 
     @property
     def spec(self) -> ClientSpec:
@@ -432,7 +436,8 @@ class _Actor:
                     out[name].append(stack.detach().cpu().numpy())
                 else:
                     personal.put_rows(cohort, name, stack.detach().cpu().numpy())
-        arrays = ArrayRecord({n: Array(np.concatenate(parts)) for n, parts in out.items() if parts})
+        arrays = ArrayRecord({n: Array(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                              for n, parts in out.items() if parts})
         return done, losses, arrays
 
     def evaluate(
@@ -442,17 +447,17 @@ class _Actor:
         """(accuracies, losses) of every client on its test data, then (with
         ``val-fraction``) on its validation data, after the spec's fine-tuning (not kept);
         the ``unseen`` clients adapt first (loop path, on a copy)."""
-        path = self.paths.get("finetune", engine.LOOP)
+        path = self.paths["evaluate"]
         results: list[tuple[list[float], list[float]]] = []
         for cohort in self.cohorts(clients, path):
             tensors = [self.tensors(c) for c in cohort]
             generators = [
                 torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, stream=1))
                 for c in cohort]
-            states = self.stack(cohort, shared, personal)
+            rows = [i for i, c in enumerate(cohort) if c in unseen]
+            states = self.stack(cohort, shared, personal, copies=bool(rows))  # else only read
             train = ([t[0] for t in tensors], [t[1] for t in tensors])
             config = self.in_round(server_round)
-            rows = [i for i, c in enumerate(cohort) if c in unseen]
             if rows:
                 adapting = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, 6))
                             for c in cohort]

@@ -44,10 +44,15 @@ def choose_path(model: nn.Module, phases: tuple[Phase, ...], config: Config) -> 
 
 
 def paths(model: nn.Module, spec: ClientSpec, config: Config) -> dict[str, str]:
-    """Which path ``spec``'s training and fine-tuning phases run (for summaries)."""
+    """Which path ``spec``'s training and fine-tuning phases and its evaluation run (for
+    summaries). Evaluation follows the fine-tuning; without one it is a forward pass,
+    vectorized wherever the model is."""
     out = {"train": choose_path(model, spec.train, config)}
     if spec.finetune:
-        out["finetune"] = choose_path(model, spec.finetune, config)
+        out["finetune"] = out["evaluate"] = choose_path(model, spec.finetune, config)
+    else:
+        plain = config.vectorize == "off" or vectorized.why_not_vectorized(model, (), config)
+        out["evaluate"] = LOOP if plain else VECTORIZED
     return out
 
 

@@ -139,9 +139,11 @@ def test_paths_and_why_a_model_does_not_vectorize():
     data = load_dataset(Config(dataset="digits"))
     config = Config()
     assert engine.paths(build_model(data, 16, 0), specs.FEDAVG_FT, config) == {
-        "train": "vectorized", "finetune": "vectorized"}
+        "train": "vectorized", "finetune": "vectorized", "evaluate": "vectorized"}
+    assert engine.paths(build_model(data, 16, 0), specs.FEDREP, config) == {
+        "train": "vectorized", "evaluate": "vectorized"}
     assert engine.paths(build_model(data, 16, 0), specs.FEDREP, config.replace(vectorize="off")) == {
-        "train": "loop"}
+        "train": "loop", "evaluate": "loop"}
     bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     assert engine.choose_path(bn, specs.FEDAVG.train, config) == "loop"
     with pytest.raises(ConfigError, match="vectorize = 'on'.*BatchNorm1d"):
@@ -222,7 +224,8 @@ def test_summary_says_which_path_ran_and_on_fails_before_ray(tmp_path):
     config = Config(num_rounds=1, num_clients=4, strategy="fedavg-ft")
     writer = RunWriter(tmp_path / "run", config.to_dict())
     run_rounds(InProcessGrid(app, 2), config, writer, 2)
-    assert writer.finish()["engine"] == {"train": "vectorized", "finetune": "vectorized"}
+    assert writer.finish()["engine"] == {
+        "train": "vectorized", "finetune": "vectorized", "evaluate": "vectorized"}
     result = subprocess.run(
         [sys.executable, "-m", "fedsim", "run", "--set", "dataset=digit5-synth",
          "--set", "partitioner=domain", "--set", "model=cnn32bn", "--set", "synth-per-class=5",
