@@ -108,6 +108,8 @@ def cohort_scores(outputs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[t
     them one client at a time (nan accuracy for regression, nan for a client with no
     samples), from one loss and one argmax over the whole cohort's outputs."""
     sizes = torch.tensor([len(y) for y in ys])
+    if not int(sizes.sum()):
+        return [(float("nan"), float("nan"))] * len(ys)
     owner = torch.repeat_interleave(torch.arange(len(ys)), sizes).to(ys[0].device)
     output, y = torch.cat(outputs), torch.cat(ys)
     if y.is_floating_point():

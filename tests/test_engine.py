@@ -1,11 +1,13 @@
 """The local-training engine: declared phases run client by client or vectorized."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from inprocess import InProcessGrid
 
-from clients import engine, specs
+from clients import engine, specs, vectorized
 from clients.app import app
 from clients.phases import ClientSpec, Phase
 from clients.routines import DittoModel
@@ -268,3 +270,21 @@ def test_quickstart_final_accuracy_is_the_same_vectorized_and_client_by_client(t
         run_rounds(InProcessGrid(app, 2), config, writer, 2)
         finals.append(summarize(writer.rows)["final_accuracy"])
     assert abs(finals[0] - finals[1]) <= 0.003, finals
+
+
+def test_cohort_scores_are_each_clients_own_accuracy_and_mean_loss():
+    from clients.routines import scores
+
+    outputs = [torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.zeros(0, 2),
+               torch.tensor([[0.0, 3.0]])]
+    ys = [torch.tensor([0, 0, 1]), torch.zeros(0, dtype=torch.long), torch.tensor([1])]
+    got = vectorized.cohort_scores(outputs, ys)
+    # client 0: argmax 0, 1, 0 (ties to the first) against 0, 0, 1 -> 1 of 3 right
+    assert got[0][0] == 1 / 3 and got[2][0] == 1.0
+    assert got[0][1] == pytest.approx(scores(outputs[0], ys[0])[1], rel=1e-6)
+    assert got[2][1] == pytest.approx(math.log(1 + math.exp(-3.0)), rel=1e-6)
+    assert math.isnan(got[1][0]) and math.isnan(got[1][1])  # no test samples: as scores() says
+    regression = vectorized.cohort_scores([torch.tensor([[1.0], [3.0]])], [torch.tensor([0.0, 1.0])])
+    assert math.isnan(regression[0][0]) and regression[0][1] == 2.5  # (1 + 4) / 2
+    nothing = vectorized.cohort_scores([torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)])
+    assert all(map(math.isnan, nothing[0]))
