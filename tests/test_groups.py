@@ -284,3 +284,37 @@ def test_groups_and_affinity_survive_a_checkpoint_and_resume(tmp_path):
     drop = ("round_seconds", "affinity_seconds")
     assert [{k: v for k, v in r.items() if k not in drop} for r in read_run(tmp_path / "cut")[1]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in whole.rows]
+
+
+def _affinity_variants():
+    """experiments/affinity_variants.py as a module (its pure helpers)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "affinity_variants.py"
+    spec = importlib.util.spec_from_file_location("affinity_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_double_centred_by_hand():
+    # off-diagonal row means 1.5, 4, 6.5; column means 4.5, 4, 3.5; overall 4
+    z = np.array([[0.0, 1, 2], [3, 0, 5], [6, 7, 0]])
+    expected = np.array([[0.0, -0.5, 1.0], [-1.5, 0.0, 1.5], [-1.0, 0.5, 0.0]])
+    np.testing.assert_allclose(_affinity_variants().double_centred(z), expected)
+
+
+def test_angle_means_by_hand():
+    # 4 clients, rotations 0, 90, 180, 270 (planted c mod 4); classes {0}, {0}, {1}, {1}
+    z = np.array([[0.0, 1, 2, 3], [4, 0, 5, 6], [7, 8, 0, 9], [10, 11, 12, 0]])
+    off = z[~np.eye(4, dtype=bool)]
+    mean, std = off.mean(), off.std()
+    # 90° apart: pairs (0,1) shared, (1,0) shared, (2,3), (3,2) shared, the rest not
+    ninety_shared = np.mean([1, 4, 9, 12])
+    ninety_not = np.mean([3, 5, 8, 10])  # (0,3), (1,2), (2,1), (3,0)
+    one_eighty_not = np.mean([2, 6, 7, 11])  # (0,2), (1,3), (2,0), (3,1)
+    got = _affinity_variants().angle_means(z, [0, 1, 2, 3], 4, [{0}, {0}, {1}, {1}])
+    assert np.isnan(got[0]) and np.isnan(got[1]) and np.isnan(got[4])
+    np.testing.assert_allclose(got[2:4] + got[5:], np.array([ninety_shared, ninety_not, one_eighty_not]) / std
+                               - mean / std)

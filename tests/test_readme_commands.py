@@ -97,7 +97,10 @@ COMMANDS: dict[str, Run | str] = {
     "fedsim affinity RUN_DIR -o FILE.png":
         "names the command; `fedsim affinity runs/groups -o affinity.png` is run",
     "python experiments/groups_rotated.py --seeds 0,1,2 --out runs/groups-exp":
-        "24 runs of 40 rounds (~30 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
+        "30 runs of 40 rounds (~35 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
+    "python experiments/affinity_variants.py --seeds 0,1,2 --out runs/variants":
+        Run("--seeds 0 --rounds 2 --variants loss,refit-lstsq,refit-logme",
+            ("runs/variants/variants_table.md",), ray=False),
     # issue 20: LogME, model patches (the transfer tools)
     "fedsim run experiments/quickstart.toml --set logme=true --out runs/logme":
         Run(SHRINK, _run_dir("runs/logme")),
