@@ -99,7 +99,7 @@ COMMANDS: dict[str, Run | str] = {
     "python experiments/groups_rotated.py --seeds 0,1,2 --out runs/groups-exp":
         "30 runs of 40 rounds (~35 minutes on 2 cores); tests/test_groups.py runs the strategy in process",
     "python experiments/affinity_variants.py --seeds 0,1,2 --out runs/variants":
-        Run("--seeds 0 --rounds 2 --variants loss,refit-lstsq,refit-logme",
+        Run("--seeds 0 --rounds 1 --variants loss,refit-lstsq --set num-clients=8 --set head-epochs=1",
             ("runs/variants/variants_table.md",), ray=False),
     # issue 20: LogME, model patches (the transfer tools)
     "fedsim run experiments/quickstart.toml --set logme=true --out runs/logme":
