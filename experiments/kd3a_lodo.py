@@ -60,7 +60,8 @@ EXECUTION = {"ray-address", "verbose", "round-timeout", "num-nodes"}  # where a 
 
 
 def reusable(run_dir: Path, config: Config) -> bool:
-    """A completed run of ``config``, keys added since it ran being at their defaults."""
+    """A completed run of ``config``, keys added since it ran being at their defaults (and,
+    for another strategy than kd3a, whatever its kd3a-* keys were: no other strategy reads them)."""
     try:
         stored = json.loads((run_dir / "config.json").read_text())
         done = json.loads((run_dir / "summary.json").read_text()).get("status") == "completed"
@@ -68,8 +69,10 @@ def reusable(run_dir: Path, config: Config) -> bool:
         return False
     now = json.loads(json.dumps(config.to_dict()))
     defaults = {key_of(f.name): f.default for f in fields(Config)}
+    unread = "" if config.strategy == "kd3a" else "kd3a-"  # KD3A's keys change no other strategy
     return done and all(stored[k] == v if k in stored else v == defaults[k]
-                        for k, v in now.items() if k not in EXECUTION)
+                        for k, v in now.items()
+                        if k not in EXECUTION and not (unread and k.startswith(unread)))
 
 
 def simulate(out: Path, name: str, overrides: list[str], reuse_only: bool = False) -> list[dict]:
