@@ -44,7 +44,7 @@ from fedsim.cli import int_list
 from fedsim.data import load_dataset, make_split
 from fedsim.evidence import logme
 from fedsim.models import build_model
-from fedsim.rotated import planted_groups
+from fedsim.rotated import pairs_by_kind, planted_groups
 
 ISSUE = ["dataset=digits", "num-clients=20", "classes-per-client=2", "partitioner=rotated",
          "num-rotations=4", "num-groups=4", "strategy=fedrep"]
@@ -114,7 +114,7 @@ def replay(config, variants: list[str], rounds: int) -> tuple[dict[str, list[np.
             bodies.append({k: trained[k].detach().clone() for k in body})
         deltas = [{k: b[k] - body[k] for k in body} for b in bodies]
         steps = []
-        for c in range(n):
+        for c in range(n if "one-step" in variants else 0):
             m = load(body, heads[c])
             names = [k for k, _ in m.named_parameters() if k.startswith("body.")]
             grads = torch.autograd.grad(task_loss(m(batches[c][0]), batches[c][1]),
@@ -144,15 +144,8 @@ def angle_means(z: np.ndarray, planted: list[int], turns: int, classes: list[set
     90° shared, 90° not, 180° shared, 180° not]."""
     off = ~np.eye(len(z), dtype=bool)
     mean, std = z[off].mean(), z[off].std()
-    kinds: dict[tuple[int, bool], list[float]] = {}
-    for i in range(len(z)):
-        for j in range(len(z)):
-            if i != j:
-                apart = (planted[i] - planted[j]) % turns
-                kind = (90 * min(apart, turns - apart), bool(classes[i] & classes[j]))
-                kinds.setdefault(kind, []).append(z[i, j])
-    return [(np.mean(kinds[k]) - mean) / std if kinds.get(k) else float("nan")
-            for k in ((a, s) for a in (0, 90, 180) for s in (True, False))]
+    kinds = pairs_by_kind(z, planted, turns, classes)
+    return [(np.mean(k) - mean) / std if k else float("nan") for k in kinds]
 
 
 def main() -> None:

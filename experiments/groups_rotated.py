@@ -36,7 +36,7 @@ from fedsim.cli import int_list
 from fedsim.config import ConfigError
 from fedsim.data import load_dataset, make_split
 from fedsim.history import read_run
-from fedsim.rotated import planted_groups
+from fedsim.rotated import pairs_by_kind, planted_groups
 from fedsim.simulation import run_once
 
 COMMON = ["dataset=digits", "num-clients=20", "classes-per-client=2", "fraction-train=1.0",
@@ -70,9 +70,6 @@ def run(out: Path, setting: str, strategy: str, seed: int) -> tuple[list[dict], 
     return rows, json.loads((run_dir / "summary.json").read_text())
 
 
-ANGLES = (0, 90, 180)
-
-
 def pair_means(run_dir: Path) -> list[float]:
     """Mean Ẑ over ordered client pairs by the angle between their rotations (0°: the
     same planted group; 90°; 180°) and whether they share a class: [0° shared, 0° not,
@@ -82,17 +79,8 @@ def pair_means(run_dir: Path) -> list[float]:
     data = load_dataset(config)
     classes = [set(np.unique(data.y[s.train]).tolist()) for s in make_split(config, data)]
     z = affinity_matrix(read_run(run_dir)[1], config.num_clients)
-    planted = planted_groups(config)
-    turns = config.num_rotations
-    kinds: dict[tuple[int, bool], list[float]] = {}
-    for i in range(config.num_clients):
-        for j in range(config.num_clients):
-            if i != j and np.isfinite(z[i, j]):
-                apart = (planted[i] - planted[j]) % turns
-                kind = (90 * min(apart, turns - apart), bool(classes[i] & classes[j]))
-                kinds.setdefault(kind, []).append(z[i, j])
-    return [float(np.mean(kinds[k])) if kinds.get(k) else float("nan")
-            for k in ((a, shared) for a in ANGLES for shared in (True, False))]
+    kinds = pairs_by_kind(z, planted_groups(config), config.num_rotations, classes)
+    return [float(np.mean(k)) if k else float("nan") for k in kinds]
 
 
 def main() -> None:

@@ -27,6 +27,25 @@ def planted_groups(config: Config) -> list[int]:
     return [c % config.num_rotations for c in range(config.num_clients)]
 
 
+PAIR_KINDS = tuple((angle, shared) for angle in (0, 90, 180) for shared in (True, False))
+"""(angle between two clients' rotations, whether they share a class), in table order."""
+
+
+def pairs_by_kind(
+    z: np.ndarray, planted: list[int], turns: int, classes: list[set[int]]
+) -> list[list[float]]:
+    """The finite off-diagonal entries Z[i, j] of a clients × clients matrix, one list per
+    :data:`PAIR_KINDS` entry: the angle between i's and j's rotations (planted groups of
+    ``turns`` quarter turns; 0° = the same group) and whether their ``classes`` meet."""
+    kinds: dict[tuple[int, bool], list[float]] = {kind: [] for kind in PAIR_KINDS}
+    for i in range(len(z)):
+        for j in range(len(z)):
+            if i != j and np.isfinite(z[i, j]):
+                apart = (planted[i] - planted[j]) % turns
+                kinds[(90 * min(apart, turns - apart), bool(classes[i] & classes[j]))].append(z[i, j])
+    return [kinds[kind] for kind in PAIR_KINDS]
+
+
 def rotate(x: np.ndarray, quarter_turns: int) -> np.ndarray:
     """Images rotated by ``quarter_turns``·90° counter-clockwise: the last two axes of
     N×C×H×W or N×H×W, or a flat N×D with D a square (8×8 digits)."""

@@ -318,3 +318,15 @@ def test_angle_means_by_hand():
     assert np.isnan(got[0]) and np.isnan(got[1]) and np.isnan(got[4])
     np.testing.assert_allclose(got[2:4] + got[5:], np.array([ninety_shared, ninety_not, one_eighty_not]) / std
                                - mean / std)
+
+
+def test_pairs_by_kind_by_hand():
+    from fedsim.rotated import PAIR_KINDS, pairs_by_kind
+
+    # 4 clients at 0°, 90°, 180°, 270°; classes {0}, {0}, {1}, {1}; an unmeasured pair is left out
+    z = np.array([[0.0, 1, 2, 3], [4, 0, 5, 6], [7, 8, 0, 9], [10, 11, np.nan, 0]])
+    kinds = dict(zip(PAIR_KINDS, pairs_by_kind(z, [0, 1, 2, 3], 4, [{0}, {0}, {1}, {1}])))
+    assert kinds[(0, True)] == [] and kinds[(0, False)] == [] and kinds[(180, True)] == []
+    assert sorted(kinds[(90, True)]) == [1, 4, 9]  # (0,1), (1,0), (2,3); (3,2) is nan
+    assert sorted(kinds[(90, False)]) == [3, 5, 8, 10]
+    assert sorted(kinds[(180, False)]) == [2, 6, 7, 11]
