@@ -67,25 +67,31 @@ def forward_of(module: nn.Module) -> Forward:
 def outputs(module: nn.Module, params: dict[str, torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
     """``module(xs[c])`` with client c's parameters, for every client: the data cut into
     chunks of ``CHUNK`` rows (the last one padded), so every matmul has the same shape
-    whatever the cohort and a client's outputs do not depend on its neighbours."""
+    whatever the cohort and a client's outputs do not depend on its neighbours. Chunk j
+    of every client that has one runs in one batched call, with the parameters gathered
+    only when some client has no chunk j (not copied once per chunk)."""
     if not hand_batched(module):
         return [functional_call(module, {k: v[c] for k, v in params.items()}, (x,)) for c, x in enumerate(xs)]
-    owner, pieces = [], []
-    for c, x in enumerate(xs):
-        for start in range(0, len(x), CHUNK):
-            piece = x[start:start + CHUNK]
-            if len(piece) < CHUNK:
-                piece = torch.cat([piece, piece.new_zeros((CHUNK - len(piece), *piece.shape[1:]))])
-            pieces.append(piece)
-            owner.append(c)
-    if not pieces:
+    counts = [-(-len(x) // CHUNK) for x in xs]
+    if not any(counts):
         return [x.new_zeros((0,)) for x in xs]
-    index = torch.tensor(owner, device=xs[0].device)
-    out = batched_forward(module, {k: v[index] for k, v in params.items()}, torch.stack(pieces))
-    flat = out.flatten(0, 1)
-    results, row = [], 0
-    for x in xs:
-        chunks = -(-len(x) // CHUNK)
-        results.append(flat[row * CHUNK: row * CHUNK + len(x)])
-        row += chunks
-    return results
+    longest = max(counts)
+    padded = xs[0].new_zeros((len(xs), longest * CHUNK, *xs[0].shape[1:]))
+    for c, x in enumerate(xs):
+        padded[c, : len(x)] = x
+    padded = padded.view(len(xs), longest, CHUNK, *xs[0].shape[1:])
+    whole = {k: v.contiguous() for k, v in params.items()}
+    out = None
+    for j in range(longest):
+        members = [c for c, n in enumerate(counts) if n > j]
+        if len(members) == len(xs):
+            result = batched_forward(module, whole, padded[:, j].contiguous())
+        else:
+            index = torch.tensor(members, device=padded.device)
+            result = batched_forward(module, {k: v[index] for k, v in whole.items()}, padded[index, j])
+        if out is None:
+            out = result.new_zeros((len(xs), longest, CHUNK, *result.shape[2:]))
+        out[members, j] = result
+    assert out is not None
+    flat = out.flatten(1, 2)
+    return [flat[c, : len(x)] for c, x in enumerate(xs)]
