@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from fedsim.config import ConfigError
 from fedsim.data import DataError
@@ -100,9 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as ``fedsim: warning: ...`` lines on stderr (no source line)."""
+    print(f"fedsim: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fedsim`` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         if args.command == "run":
             return _run(args)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fedsim.algorithms import engine_paths
+from fedsim.algorithms import engine_paths, strategy_class
 from fedsim.config import Config, ConfigError
 from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
@@ -127,9 +127,12 @@ def _check_before_ray(config: Config) -> None:
     """Everything that can be refused before Ray starts: the values, the split (a bad
     one fails here), ``vectorize = "on"`` where it cannot be met, and the resources."""
     validate(config)
-    client_splits(config)
-    engine_paths(config, load_dataset(config))
+    splits = client_splits(config)
+    data = load_dataset(config)
+    engine_paths(config, data)
     _check_local_resources(config)
+    for text in strategy_class(config.strategy).advice(config, [data.y[s.train] for s in splits]):
+        warnings.warn(text, UserWarning, stacklevel=2)
 
 
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
@@ -229,6 +232,18 @@ def _stop_on_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def own_warnings_only() -> Iterator[None]:
+    """Flower's and Ray's warnings (deprecation notices of the simulation API) hidden
+    while a simulation runs; a UserWarning of fedsim, a strategy or a plugin (e.g. KD3A's
+    empty knowledge vote) is still shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("default", category=UserWarning)
+        warnings.filterwarnings("ignore", module=r"(flwr|ray|grpc)(\.|$)")
+        yield
+
+
 def _run_simulation(server_app: Any, config: Config, num_nodes: int) -> None:
     """Flower's simulation of ``server_app`` with our ClientApp on ``num_nodes`` nodes,
     actors sized by ``config``'s resources, replies pumped as they arrive."""
@@ -244,8 +259,7 @@ def _run_simulation(server_app: Any, config: Config, num_nodes: int) -> None:
         },
         "init_args": {"log_to_driver": config.verbose},
     }
-    with warnings.catch_warnings(), fast_message_pump():
-        warnings.simplefilter("ignore")
+    with own_warnings_only(), fast_message_pump():
         run_simulation(
             server_app=server_app,
             client_app=PlacedClientApp(app),  # replies say which actor ran them

@@ -108,6 +108,12 @@ class CohortFedAvg(FedAvg):
         """Extra summary.json entries, as of the last round (e.g. fedrep-groups' groups)."""
         return {}
 
+    @classmethod
+    def advice(cls, config: Config, labels: list[np.ndarray]) -> list[str]:
+        """Warnings worth giving before a run of ``config`` starts, from every client's
+        training labels (``labels[c]``); none by default."""
+        return []
+
     def cohort_messages(
         self, clients: list[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:

@@ -54,6 +54,26 @@ class KD3A(CohortFedAvg):
             return False
         return self.config.kd3a_bn or not name.endswith(BN_STATS)
 
+    @classmethod
+    def advice(cls, config, labels: list[np.ndarray]) -> list[str]:
+        """Personal heads on label-skewed sources: each source's head knows only its own
+        classes and the knowledge vote on the targets is mostly wrong (README, KD3A in the
+        federated personalized setting)."""
+        targets = set(config.targets())
+        sources = [labels[c] for c in range(len(labels)) if c not in targets and len(labels[c])]
+        if config.kd3a_share_head or not sources or sources[0].dtype.kind == "f":
+            return []
+        held = float(np.mean([len(np.unique(y)) for y in sources]))
+        union = len(np.unique(np.concatenate(sources)))
+        if held > union / 2:
+            return []
+        return [f"kd3a: the source clients hold {held:.1f} of {union} classes on average and keep "
+                f"personal heads (kd3a-share-head = false): each source's head knows only its own "
+                f"classes, so the knowledge vote on the targets is mostly wrong. Measured with 20 "
+                f"sources of 3 classes and 2 mnistm targets (3 seeds): target accuracy 49.3 against "
+                f"70.9 for source-only FedAvg; with kd3a-share-head = true 70.2 (README, KD3A in the "
+                f"federated personalized setting)."]
+
     def state_dict(self) -> dict:
         return {"weights": dict(self.weights)}
 

@@ -188,6 +188,43 @@ def test_an_empty_vote_is_reported_once_as_a_warning_naming_the_gate(tmp_path):
     assert all(r["confident_fraction"] == 0 and "vote accepted no target sample" in r["notice"] for r in rows)
 
 
+def test_strategy_warnings_reach_the_user_of_a_simulation_and_flowers_do_not():
+    import warnings
+
+    from fedsim.simulation import own_warnings_only
+
+    with warnings.catch_warnings(record=True) as caught, own_warnings_only():
+        warnings.warn_explicit("vote accepted nothing", UserWarning, "kd3a.py", 1, module="strategies.kd3a")
+        warnings.warn_explicit("my plugin", UserWarning, "mine.py", 1, module="my_strategy")
+        warnings.warn_explicit("flower api", UserWarning, "x.py", 1, module="flwr.simulation.legacy")
+        warnings.warn_explicit("ray api", DeprecationWarning, "y.py", 1, module="ray.util")
+        warnings.warn_explicit("old numpy", DeprecationWarning, "z.py", 1, module="fedsim.data")
+    assert [str(w.message) for w in caught] == ["vote accepted nothing", "my plugin"]
+
+
+def test_cli_shows_a_warning_as_one_fedsim_line(capsys):
+    from fedsim.cli import _show_warning
+
+    _show_warning(UserWarning("kd3a: something"), UserWarning, "f.py", 3)
+    assert capsys.readouterr().err == "fedsim: warning: kd3a: something\n"
+
+
+def test_kd3a_warns_before_the_run_when_label_skewed_sources_keep_personal_heads():
+    from strategies.kd3a import KD3A
+
+    skewed = [*SETTING[:2], "target-domain=mnistm", "num-clients=22", "target-clients=2",
+              "domain-split=shards", "classes-per-client=3", "strategy=kd3a", "synth-per-class=10"]
+    config = load_config(None, skewed)
+    data = load_dataset(config)
+    labels = [data.y[s.train] for s in make_split(config, data)]
+    advice = KD3A.advice(config, labels)
+    assert len(advice) == 1 and "hold 3.0 of 10 classes" in advice[0] and "kd3a-share-head" in advice[0]
+    assert KD3A.advice(load_config(None, [*skewed, "kd3a-share-head=true"]), labels) == []
+    iid = load_config(None, [*SETTING, "strategy=kd3a"])
+    data = load_dataset(iid)
+    assert KD3A.advice(iid, [data.y[s.train] for s in make_split(iid, data)]) == []
+
+
 def test_many_clients_per_domain_and_several_targets(tmp_path):
     config, grid, rows = run(tmp_path, "num-clients=10", "target-clients=2", "domain-split=shards",
                              "classes-per-client=3", "kd3a-exact-up-to=4", "kd3a-permutations=8")
