@@ -131,7 +131,8 @@ def _check_before_ray(config: Config) -> None:
     data = load_dataset(config)
     engine_paths(config, data)
     _check_local_resources(config)
-    for text in strategy_class(config.strategy).advice(config, [data.y[s.train] for s in splits]):
+    advice = getattr(strategy_class(config.strategy), "advice", None)  # a plugin's own class may lack it
+    for text in advice(config, [data.y[s.train] for s in splits]) if advice else []:
         warnings.warn(text, UserWarning, stacklevel=2)
 
 
