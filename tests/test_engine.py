@@ -288,3 +288,25 @@ def test_cohort_scores_are_each_clients_own_accuracy_and_mean_loss():
     assert math.isnan(regression[0][0]) and regression[0][1] == 2.5  # (1 + 4) / 2
     nothing = vectorized.cohort_scores([torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)])
     assert all(map(math.isnan, nothing[0]))
+
+
+def test_cohort_outputs_do_not_depend_on_the_neighbours_and_match_the_module():
+    from clients.batched import outputs
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    body = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 5))
+    clients = 4
+    params = {n: p.detach().unsqueeze(0).repeat(clients, *[1] * p.dim())
+              + 0.1 * torch.randn(clients, *p.shape) for n, p in body.named_parameters()}
+    xs = [torch.randn(n, 3, 4) for n in (40, 3, 0, 17)]  # 3, 1, 0 and 2 chunks of 16 rows
+    together = outputs(body, params, xs)
+    assert [tuple(o.shape) for o in together] == [(40, 5), (3, 5), (0, 5), (17, 5)]
+    for c in (0, 1, 3):
+        alone = outputs(body, {k: v[c:c + 1] for k, v in params.items()}, xs[c:c + 1])[0]
+        assert torch.equal(alone, together[c])  # bit for bit, whoever shares the call
+        reference = torch.func.functional_call(body, {k: v[c] for k, v in params.items()}, (xs[c],))
+        assert torch.allclose(together[c], reference, atol=1e-6)
+    broadcast = {k: v[:1].expand(clients, *v.shape[1:]) for k, v in params.items()}  # read-only rows
+    assert all(torch.equal(a, b) for a, b in zip(
+        outputs(body, broadcast, xs), outputs(body, {k: v.contiguous() for k, v in broadcast.items()}, xs)))
