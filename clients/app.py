@@ -456,7 +456,9 @@ class _Actor:
                 for c in cohort]
             rows = [i for i, c in enumerate(cohort) if c in unseen]
             states = self.stack(cohort, shared, personal, copies=bool(rows))  # else only read
-            train = ([t[0] for t in tensors], [t[1] for t in tensors])
+            targets = set(self.config.targets())  # unlabeled: nothing to fine-tune on
+            train = ([t[0][:0] if c in targets else t[0] for c, t in zip(cohort, tensors)],
+                     [t[1][:0] if c in targets else t[1] for c, t in zip(cohort, tensors)])
             config = self.in_round(server_round)
             if rows:
                 adapting = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, 6))

@@ -6,6 +6,8 @@ decides; the name of each spec is the ``strategy`` it serves (see ``fedsim.algor
 
 from __future__ import annotations
 
+import dataclasses
+
 from clients.apfl import train_apfl
 from clients.fedala import aggregate_locally, keep_local
 from clients.fedproto import train_fedproto
@@ -25,6 +27,10 @@ def _lstsq(config: Config) -> bool:
 
 def _once(config: Config) -> float:
     return 1.0  # a routine that runs once per round (its epochs are its own business)
+
+
+def _kd3a_finetune_epochs(config: Config) -> float:
+    return float(config.finetune_epochs) if config.kd3a_finetune else 0.0
 
 
 def _solve_head(model, x, y, config, generator) -> float:
@@ -67,7 +73,10 @@ DITTO = ClientSpec(
 )
 # KD3A sources: the whole model on their labels for 1/r epochs (the target's
 # distillation is its own message, see clients.app.distill).
-KD3A_SOURCE = ClientSpec(train=(Phase("source", "", kd3a_epochs),))
+# With kd3a-finetune, a labeled client fine-tunes a personal head before it evaluates (a
+# target has no labels: it fine-tunes on nothing, see clients.app).
+KD3A_SOURCE = ClientSpec(train=(Phase("source", "", kd3a_epochs),),
+                         finetune=(dataclasses.replace(FINETUNE_HEAD, epochs=_kd3a_finetune_epochs),))
 
 # --- the personalized baselines of PFLlib / FL-bench / FLGo ---------------------------
 # FedProx (Li et al., MLSys 2020): FedAvg's update with μ/2‖w − wᵗ‖² toward the received model.

@@ -88,7 +88,8 @@ class Config:
     body_epochs: int = _key(1, "FedRep: local epochs on the body after the head (head frozen)")
     local_epochs: int = _key(1, "local epochs of the whole-model methods (FedAvg, FedPer, LG-FedAvg, "
                                 "Local, Ditto) and of FedBABU's body")
-    finetune_epochs: int = _key(10, "FedAvg-FT / FedBABU: head fine-tuning epochs before evaluation")
+    finetune_epochs: int = _key(10, "FedAvg-FT / FedBABU / KD3A with kd3a-finetune: head fine-tuning epochs "
+                                    "before evaluation")
     ditto_lambda: float = _key(0.1, "Ditto: weight of the proximal term pulling the personal model "
                                     "to the global one")
     fedprox_mu: float = _key(0.01, "FedProx: weight mu of the proximal term mu/2 |w - w_t|^2 pulling the "
@@ -156,6 +157,10 @@ class Config:
                                "(the sources' statistics adapted to the target batches of the vote)")
     kd3a_share_head: bool = _key(False, "KD3A: average whole models, heads included (default: the body "
                                         "only, every client keeps its own head)")
+    kd3a_finetune: bool = _key(False, "KD3A: each labeled client fine-tunes a personal head on its own "
+                                      "data (finetune-epochs, on a copy) before it evaluates; the targets "
+                                      "evaluate as they are (with kd3a-share-head = true: shared heads for "
+                                      "the vote, personal ones for the labeled clients)")
     kd3a_focus: bool = _key(True, "KD3A: weight the sources by consensus focus (false: equal weights)")
     kd3a_distill: bool = _key(True, "KD3A: the targets train on the consensus (false: they only adapt the "
                                     "sources' BatchNorm statistics and are not averaged in: AdaBN)")

@@ -188,6 +188,22 @@ def test_an_empty_vote_is_reported_once_as_a_warning_naming_the_gate(tmp_path):
     assert all(r["confident_fraction"] == 0 and "vote accepted no target sample" in r["notice"] for r in rows)
 
 
+def test_labeled_clients_fine_tune_a_personal_head_and_the_targets_evaluate_as_they_are(tmp_path):
+    skewed = ["domain-split=shards", "classes-per-client=3", "num-clients=9", "kd3a-share-head=true",
+              "lr-schedule=constant"]
+    before, _, plain = run(tmp_path, *skewed)
+    config, _, tuned = run(tmp_path, *skewed, "kd3a-finetune=true", "finetune-epochs=3")
+    targets = [str(t) for t in config.targets()]
+    for a, b in zip(plain, tuned):
+        assert a["train_loss"] == b["train_loss"]  # fine-tuning is on a copy: training is untouched
+        assert [a["clients"][t] for t in targets] == [b["clients"][t] for t in targets]
+        assert a["accuracy"] == b["accuracy"]  # the targets' accuracy
+    # the labeled clients evaluated with heads fine-tuned on their 3 classes
+    assert tuned[-1]["source_accuracy"] > plain[-1]["source_accuracy"]
+    assert "finetune" in _actor(config.to_json()).paths
+    assert "finetune" not in _actor(before.to_json()).paths
+
+
 def test_strategy_warnings_reach_the_user_of_a_simulation_and_flowers_do_not():
     import warnings
 
