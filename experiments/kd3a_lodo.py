@@ -185,7 +185,7 @@ def personalized(args, out: Path) -> str:
     lines = ["| target | source-only target acc | KD3A target acc | KD3A shared head target acc | "
              "KD3A shared head + fine-tuned heads target acc | FedRep labeled acc | KD3A labeled acc | "
              "KD3A shared head labeled acc | KD3A shared head + fine-tuned heads labeled acc | "
-             "source-only labeled acc |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "source-only labeled acc | FedAvg-FT labeled acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for target in [t for t in args.targets.split(",") if t]:
         setting = [*base(args), f"target-domain={target}", "num-clients=22", "target-clients=2",
                    "domain-split=shards", "classes-per-client=3"]
@@ -194,13 +194,15 @@ def personalized(args, out: Path) -> str:
                             "kd3a-share-head": ["strategy=kd3a", "kd3a-share-head=true"],
                             "kd3a-share-head-ft": ["strategy=kd3a", "kd3a-share-head=true",
                                                    "kd3a-finetune=true"],
-                            "fedrep": ["strategy=fedrep", "head-epochs=2", "body-epochs=1"]}.items():
+                            "fedrep": ["strategy=fedrep", "head-epochs=2", "body-epochs=1"],
+                            "fedavg-ft": ["strategy=fedavg-ft"]}.items():
             rows = [simulate(out, f"pers-{name}-{target}-seed{s}", [*setting, f"seed={s}", *extra])
                     for s in args.seeds]
             acc[name] = ([final(r) for r in rows], [final(r, "source_accuracy") for r in rows])
         cells = [acc["source-only"][0], acc["kd3a"][0], acc["kd3a-share-head"][0],
                  acc["kd3a-share-head-ft"][0], acc["fedrep"][1], acc["kd3a"][1],
-                 acc["kd3a-share-head"][1], acc["kd3a-share-head-ft"][1], acc["source-only"][1]]
+                 acc["kd3a-share-head"][1], acc["kd3a-share-head-ft"][1], acc["source-only"][1],
+                 acc["fedavg-ft"][1]]
         lines.append(f"| {target} | " + " | ".join(spread(c) for c in cells) + " |")
         print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"

@@ -112,7 +112,7 @@ COMMANDS: dict[str, Run | str] = {
         "~40 minutes of runs (13 configurations x 3 seeds); its parts run in the tests of each tool",
     "python experiments/kd3a_lodo.py": "~45 minutes of runs (5 held-out domains x 3 seeds x 2 methods)",
     "python experiments/kd3a_lodo.py --personalized --targets mnistm --seeds 0,1,2":
-        "15 runs of 22 clients (~14 minutes on 2 cores); tests/test_kd3a.py runs several targets in process",
+        "18 runs of 22 clients (~16 minutes on 2 cores); tests/test_kd3a.py runs several targets in process",
     "python experiments/linear_fedrep.py": "dozens of 300-round runs; the linear setting is run above",
     "fedsim split CONFIG --set ... -o split.png":
         Run(files=("split.png",), ray=False,
