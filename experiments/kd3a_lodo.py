@@ -185,7 +185,7 @@ def personalized(args, out: Path) -> str:
     lines = ["| target | source-only target acc | KD3A target acc | KD3A shared head target acc | "
              "KD3A shared head + fine-tuned heads target acc | FedRep labeled acc | KD3A labeled acc | "
              "KD3A shared head labeled acc | KD3A shared head + fine-tuned heads labeled acc | "
-             "source-only labeled acc | FedAvg-FT labeled acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "source-only labeled acc | FedAvg-FT labeled acc |", "|---" * 11 + "|"]
     for target in [t for t in args.targets.split(",") if t]:
         setting = [*base(args), f"target-domain={target}", "num-clients=22", "target-clients=2",
                    "domain-split=shards", "classes-per-client=3"]
