@@ -448,6 +448,7 @@ class _Actor:
         ``val-fraction``) on its validation data, after the spec's fine-tuning (not kept);
         the ``unseen`` clients adapt first (loop path, on a copy)."""
         path = self.paths["evaluate"]
+        targets = set(self.config.targets())  # unlabeled: they fine-tune on nothing
         results: list[tuple[list[float], list[float]]] = []
         for cohort in self.cohorts(clients, path):
             tensors = [self.tensors(c) for c in cohort]
@@ -456,9 +457,8 @@ class _Actor:
                 for c in cohort]
             rows = [i for i, c in enumerate(cohort) if c in unseen]
             states = self.stack(cohort, shared, personal, copies=bool(rows))  # else only read
-            targets = set(self.config.targets())  # unlabeled: nothing to fine-tune on
-            train = ([t[0][:0] if c in targets else t[0] for c, t in zip(cohort, tensors)],
-                     [t[1][:0] if c in targets else t[1] for c, t in zip(cohort, tensors)])
+            labeled = [(t[0][:0], t[1][:0]) if c in targets else t[:2] for c, t in zip(cohort, tensors)]
+            train = ([x for x, _ in labeled], [y for _, y in labeled])
             config = self.in_round(server_round)
             if rows:
                 adapting = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, 6))

@@ -48,7 +48,7 @@ def paths(model: nn.Module, spec: ClientSpec, config: Config) -> dict[str, str]:
     summaries). Evaluation follows the fine-tuning; without one it is a forward pass,
     vectorized wherever the model is."""
     out = {"train": choose_path(model, spec.train, config)}
-    if any(p.epochs_in(config) > 0 for p in spec.finetune):
+    if spec.fine_tunes(config):
         out["finetune"] = out["evaluate"] = choose_path(model, spec.finetune, config)
     else:
         plain = config.vectorize == "off" or vectorized.why_not_vectorized(model, (), config)
@@ -144,7 +144,7 @@ def evaluate_sets(
 ) -> list[tuple[list[float], list[float]]]:
     """:func:`evaluate_cohort` on several data sets (test, validation) of the same
     fine-tuned models: one (accuracies, losses) per set."""
-    if any(p.epochs_in(config) > 0 for p in spec.finetune):  # a fresh optimiser: kept momentum stays out
+    if spec.fine_tunes(config):  # a fresh optimiser: kept training momentum stays out of it
         states = {k: v.clone() for k, v in states.items() if not k.startswith(MOMENTUM)}
         train_cohort(model, spec.finetune, states, *train, config, generators, path)
     out = []

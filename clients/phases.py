@@ -85,6 +85,11 @@ class ClientSpec:
     evaluates: str = ""
     fresh: str = ""  # a client that never trained starts these parameters (a prefix) at their initial values
 
+    def fine_tunes(self, config: Config) -> bool:
+        """Whether a client fine-tunes before it evaluates under ``config`` (a declared
+        fine-tuning of 0 epochs, e.g. KD3A without ``kd3a-finetune``, is none)."""
+        return any(p.epochs_in(config) > 0 for p in self.finetune)
+
     def describe(self) -> dict[str, list[str]]:
         """Phase names, for logs and summaries."""
         return {"train": [p.name for p in self.train], "finetune": [p.name for p in self.finetune]}
