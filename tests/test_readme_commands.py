@@ -88,6 +88,11 @@ COMMANDS: dict[str, Run | str] = {
     "fedsim run --set strategy=kd3a --set dataset=digit5-synth --set partitioner=domain "
     "--set num-clients=5 --set target-domain=mnistm --set fraction-train=1.0":
         Run("--set num-rounds=1 --set synth-per-class=4", _run_dir("runs/kd3a-digit5-synth-*")),
+    "fedsim run --set strategy=kd3a --set dataset=digit5-synth --set partitioner=domain "
+    "--set num-clients=10 --set target-domain=mnistm --set fraction-train=1.0 "
+    "--set domain-split=shards --set classes-per-client=3 --set kd3a-share-head=true "
+    "--set kd3a-finetune=true --out runs/kd3a-skewed":
+        Run("--set num-rounds=1 --set synth-per-class=4", _run_dir("runs/kd3a-skewed")),
     "fedsim run --set strategy=fedrep --set dataset=linear-regression":
         Run(SHRINK, _run_dir("runs/fedrep-linear-regression-*")),
     "fedsim run --set strategy=fedrep-groups --set partitioner=rotated --set fraction-train=1.0 "
