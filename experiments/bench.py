@@ -13,7 +13,9 @@ daemons and actors; read from /proc, so Linux only).
     python experiments/bench.py --scaling --clients 1000,10000,100000 --fraction 0.01   # Synthetic(1, 1)
 
 ``--set KEY=VALUE`` changes every workload's config (e.g. ``--set vectorize=off``).
-"fixed cost" is fedsim's wall time minus the sum of its rounds (start-up and shutdown);
+"fixed cost" is fedsim's wall time minus the sum of its rounds (start-up and shutdown) in
+this process, whose imports are warm; "from process start" is the same for ``fedsim run``
+in a new process, from its start to its exit (imports included);
 "max gap" is the largest per-round difference of accuracy (or loss) from the plain loop
 (0 when fedsim runs the same arithmetic client by client: ``vectorize = "off"``).
 """
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -138,12 +142,15 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def measure(config: Config, repeats: int) -> dict[str, float]:
+def measure(config: Config, repeats: int, overrides: list[str]) -> dict[str, float]:
     """Alternate reference and fedsim runs; medians of each figure. The reference runs
     single-threaded: for these small models that beats torch's default thread count
-    (and an oversubscribed machine makes multi-threaded tiny ops collapse)."""
+    (and an oversubscribed machine makes multi-threaded tiny ops collapse). Each repeat
+    also runs ``fedsim run`` (``overrides`` as --set) in a new process: its fixed cost
+    counts from process start (imports included) to its exit."""
     torch.set_num_threads(1)
     ref_wall, ref_round, ref_mem, sim_wall, sim_round, sim_mem, gaps, fixed = [], [], [], [], [], [], [], []
+    cold = []
     for _ in range(repeats):
         with PeakMemory() as mem:
             wall, rounds, scores = reference_loop(config)
@@ -156,6 +163,7 @@ def measure(config: Config, repeats: int) -> dict[str, float]:
             sim_wall.append(time.perf_counter() - start)
             rows = read_run(Path(tmp) / "run")[1]
         fixed.append(sim_wall[-1] - sum(r["round_seconds"] for r in rows))
+        cold.append(command_fixed_cost(overrides))
         sim_mem.append(mem.peak)
         sim_round.append(statistics.median([r["round_seconds"] for r in rows][2:] or [0.0]))
         sim_scores = [r["accuracy"] if r["accuracy"] is not None else r["loss"]
@@ -167,22 +175,38 @@ def measure(config: Config, repeats: int) -> dict[str, float]:
         "ref_wall": m(ref_wall), "sim_wall": m(sim_wall), "ref_round": m(ref_round),
         "sim_round": m(sim_round), "ref_mem": m(ref_mem), "sim_mem": m(sim_mem),
         "overhead_ms": 1000 * (m(sim_round) - m(ref_round)) / updates, "gap": max(gaps),
-        "fixed": m(fixed),
+        "fixed": m(fixed), "cold": m(cold),
     }
+
+
+def command_fixed_cost(overrides: list[str]) -> float:
+    """``fedsim run`` in a new process: its wall time (process start to exit) minus the
+    sum of its rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "fedsim", "run", *sets, "--quiet", "--out", f"{tmp}/run"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode:
+            raise RuntimeError(f"fedsim run failed ({done.returncode}): {done.stderr}")
+        return wall - sum(r["round_seconds"] for r in read_run(Path(tmp) / "run")[1])
 
 
 def table(rows: list[tuple[str, dict[str, float]]]) -> str:
     lines = [
         "| workload | plain loop wall | fedsim wall | wall ratio | plain round | fedsim round | "
-        "round ratio | fixed cost | overhead per client update | peak memory ratio | max gap |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "round ratio | fixed cost | fixed cost from process start | overhead per client update | "
+        "peak memory ratio | max gap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         lines.append(
             f"| {name} | {r['ref_wall']:.1f} s | {r['sim_wall']:.1f} s | "
             f"{r['sim_wall'] / r['ref_wall']:.2f}x | {1000 * r['ref_round']:.0f} ms | "
             f"{1000 * r['sim_round']:.0f} ms | {r['sim_round'] / r['ref_round']:.2f}x | "
-            f"{r['fixed']:.1f} s | {r['overhead_ms']:+.1f} ms | {r['sim_mem'] / r['ref_mem']:.1f}x "
+            f"{r['fixed']:.1f} s | {r['cold']:.1f} s | {r['overhead_ms']:+.1f} ms | "
+            f"{r['sim_mem'] / r['ref_mem']:.1f}x "
             f"({r['sim_mem'] / 2**30:.2f} GiB) | {r['gap']:.4f} |"
         )
     return "\n".join(lines)
@@ -226,7 +250,8 @@ def main() -> None:
     results = []
     for name, overrides in workloads:
         print(f"bench: {name}", flush=True)
-        results.append((name, measure(load_config(None, overrides + args.set), args.repeats)))
+        results.append((name, measure(load_config(None, overrides + args.set), args.repeats,
+                                      overrides + args.set)))
         print(table(results[-1:]), flush=True)
     print()
     print(table(results))

@@ -1,5 +1,3 @@
-import sys
+from fedsim.cli import entry
 
-from fedsim.cli import main
-
-sys.exit(main())
+entry()

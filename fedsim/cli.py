@@ -7,6 +7,9 @@ anything starts (config, data, paths); 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import sys
 import warnings
 
@@ -104,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as ``fedsim: warning: ...`` lines on stderr (no source line)."""
     print(f"fedsim: warning: {message}", file=file or sys.stderr)
+
+
+def entry() -> None:
+    """The ``fedsim`` command (and ``python -m fedsim``): :func:`main`, then a quick exit.
+    Once the exit handlers have run (Ray's shutdown, logging's flush), Python's teardown of
+    the ~3,000 modules that torch, Flower and Ray bring in only costs time: 1.0–1.4 s
+    after the last line is printed, measured here. Every file fedsim writes is closed by
+    then (metrics.jsonl and TensorBoard's events when the run finishes), so the process
+    ends at once. An exception out of :func:`main` takes Python's ordinary way out."""
+    code = main()
+    atexit._run_exitfuncs()  # what Python's exit would run first
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # e.g. a closed pipe (fedsim ... | head)
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
