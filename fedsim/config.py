@@ -56,7 +56,8 @@ class Config:
         "client c's images rotated by (c mod num-rotations)·90°; or a registered name)", REGISTRY)
     split_file: str = _key("", "JSON file client -> indices, for partitioner = file")
     num_clients: int = _key(20, "number of logical clients")
-    classes_per_client: int = _key(2, "partitioner shards: classes each client holds")
+    classes_per_client: int = _key(2, "partitioner shards and rotated (and domain with domain-split = "
+                                      "shards): classes each client holds")
     dirichlet_alpha: float = _key(0.5, "partitioner dirichlet: concentration (smaller = more skew)")
     size_sigma: float = _key(1.0, "partitioner size: spread of the log client sizes")
     test_fraction: float = _key(0.25, "share of each class held out as the test pool")

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import sys
 import textwrap
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     (``DATASET_DEFAULTS``) for keys left unset,
     then the TOML file at ``path``, then ``key=value`` overrides; validated."""
     values = read_values(path, overrides)
+    explicit = set(values)
     load_plugins(values.get("plugins", ""))  # a plugin may register the dataset and its defaults
     dataset = values.get("dataset", Config.dataset)
     for name, value in STRATEGY_DEFAULTS.get(values.get("strategy", Config.strategy), {}).items():
@@ -81,7 +83,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values.setdefault(name, value)
     config = Config(**values)
     validate(config)
+    for text in unread_split_keys(config, explicit):
+        warnings.warn(text, UserWarning, stacklevel=2)
     return config
+
+
+BUILTIN_PARTITIONERS = frozenset(PARTITIONERS)
+SPLIT_KEYS: dict[str, tuple[Any, str]] = {
+    "classes_per_client": (lambda c: c.partitioner in ("shards", "rotated")
+                           or (c.partitioner == "domain" and c.domain_split == "shards"),
+                           "partitioner shards or rotated, or domain with domain-split = 'shards'"),
+    "dirichlet_alpha": (lambda c: c.partitioner == "dirichlet", "partitioner dirichlet"),
+    "size_sigma": (lambda c: c.partitioner == "size", "partitioner size"),
+    "domain_split": (lambda c: c.partitioner == "domain", "partitioner domain"),
+    "num_rotations": (lambda c: c.partitioner == "rotated", "partitioner rotated"),
+}
+"""Keys only some built-in partitioners read: name -> (whether ``config`` reads it, who does)."""
+
+
+def unread_split_keys(config: Config, explicit: set[str]) -> list[str]:
+    """A sentence for every key in ``explicit`` (set by the user) that this config's
+    built-in partitioner never reads, e.g. classes-per-client with the iid domain split
+    (a plugin's partitioner may read any key: nothing is said)."""
+    if config.partitioner not in BUILTIN_PARTITIONERS:
+        return []
+    return [f"{key_of(name)} = {toml_value(getattr(config, name))} has no effect here: "
+            f"partitioner = {config.partitioner!r}"
+            + (f" with domain-split = {config.domain_split!r}" if config.partitioner == "domain" else "")
+            + f" does not read it (read by {who})"
+            for name, (reads, who) in SPLIT_KEYS.items() if name in explicit and not reads(config)]
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -92,3 +92,30 @@ def test_integer_lists_on_the_command_line(capsys):
         main(["compare", "--seeds", "0,one"])
     assert exit_info.value.code == 2
     assert "argument --seeds: '0,one': expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_a_set_key_that_the_chosen_partitioner_never_reads_is_named_in_a_warning(monkeypatch):
+    """classes-per-client with the iid domain split used to be ignored without a word."""
+    import warnings
+
+    from fedsim.data import PARTITIONERS
+
+    def said(overrides: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_config(None, overrides.split())
+        return [str(w.message) for w in caught]
+
+    assert said("dataset=digit5-synth partitioner=domain classes-per-client=3") == [
+        "classes-per-client = 3 has no effect here: partitioner = 'domain' with domain-split = 'iid' "
+        "does not read it (read by partitioner shards or rotated, or domain with domain-split = 'shards')"]
+    assert said("dataset=digit5-synth partitioner=domain domain-split=shards classes-per-client=3") == []
+    assert said("partitioner=shards dirichlet-alpha=0.1 size-sigma=2") == [
+        "dirichlet-alpha = 0.1 has no effect here: partitioner = 'shards' does not read it (read by "
+        "partitioner dirichlet)",
+        "size-sigma = 2.0 has no effect here: partitioner = 'shards' does not read it (read by "
+        "partitioner size)"]
+    assert said("partitioner=dirichlet dirichlet-alpha=0.1") == []
+    assert said("partitioner=shards") == []  # defaults are not the user's doing
+    monkeypatch.setitem(PARTITIONERS, "mine", lambda labels, n, rng, config: [])
+    assert said("partitioner=mine dirichlet-alpha=0.1") == []  # a plugin may read any key
