@@ -112,11 +112,16 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Continue a run from its last checkpoint (after a crash, a kill or Ctrl-C). The rows
     after the checkpoint are recomputed, so metrics.jsonl ends as an uninterrupted run's.
     A checkpoint of the last round leaves nothing to run: the summary is rewritten
-    (completed) without starting Ray."""
+    (completed) without starting Ray; a completed run (checkpoint or not) is left as it is
+    and its summary returned."""
+    import json
+
     from fedsim.checkpoint import load_checkpoint
     from fedsim.history import read_run
 
     config = config_from_dict(read_run(run_dir)[0])
+    if completed(config, Path(run_dir)):
+        return json.loads((Path(run_dir) / "summary.json").read_text())
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.round >= config.num_rounds:
         return _open_run_dir(Path(run_dir), config, checkpoint.round).finish()

@@ -158,6 +158,28 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no checkpoint in" in result.stderr
 
 
+def test_resuming_a_completed_run_leaves_it_as_it_is(tmp_path):
+    """No checkpoint is needed when nothing is left to run: the summary comes back as it was
+    (before, "no checkpoint in ..." and exit 2 for a run that had simply finished)."""
+    from fedsim import load_config
+    from fedsim.history import RunWriter
+    from fedsim.simulation import resume
+
+    config = load_config(None, ["num-rounds=2"])
+    writer = RunWriter(tmp_path / "done", config.to_dict())
+    for r in (1, 2):
+        writer.log_round({"round": r, "accuracy": 0.5 * r, "loss": 1.0 / r, "round_seconds": 0.1})
+    summary = writer.finish()
+    before = {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir()}
+    assert resume(tmp_path / "done", progress=False) == summary
+    assert {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir()} == before
+    writer = RunWriter(tmp_path / "cut", config.to_dict())
+    writer.log_round({"round": 1, "accuracy": 0.5, "loss": 1.0, "round_seconds": 0.1})
+    writer.finish(error="killed")
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):  # not completed: as before
+        resume(tmp_path / "cut", progress=False)
+
+
 @pytest.mark.parametrize(
     "address, message",
     [("127.0.0.1:9", "nothing answers at 127.0.0.1:9"), ("no-port", "expected HOST:PORT")],
