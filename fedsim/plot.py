@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from fedsim.history import EmptyRun, read_run
 
 BAND = (10, 90)  # percentiles of per-client accuracy shown as the shaded band
+LEGEND_WIDTH = 90  # characters per legend line; longer run labels wrap
 
 
 METRICS = {  # --metric: (row key, per-client key, y-axis label)
@@ -34,8 +36,12 @@ def plot_runs(
     runs = [read_run(d) for d in run_dirs]
     for run_dir, (_, rows) in zip(run_dirs, runs):
         _check_plottable(run_dir, rows, key)
-    labels = run_labels([cfg for cfg, _ in runs], label_keys)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [textwrap.fill(text, LEGEND_WIDTH, break_on_hyphens=False)
+              for text in run_labels([cfg for cfg, _ in runs], label_keys)]
+    lines = sum(text.count("\n") + 1 for text in labels)
+    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.2 * lines), layout="constrained")  # room for the legend
     for (_, rows), label in zip(runs, labels):
         rows = [r for r in rows if r.get(key) is not None]
         rounds = np.array([r["round"] for r in rows])
@@ -50,7 +56,9 @@ def plot_runs(
     if metric == "accuracy":
         ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    # below the axes: a legend of many runs, or of runs that differ in many keys, never covers the curves
+    fig.legend(loc="outside lower center", fontsize="small", ncols=1 if max(map(len, labels)) > 30 else 2)
     return save_figure(fig, output)
 
 
@@ -72,7 +80,8 @@ def save_figure(fig, output: str | Path, dpi: int = 120) -> Path:
     """Lay out, write ``output`` (creating its folder) and close ``fig``."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure made with its own layout keeps it
+        fig.tight_layout()
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
