@@ -36,12 +36,8 @@ def plot_runs(
     runs = [read_run(d) for d in run_dirs]
     for run_dir, (_, rows) in zip(run_dirs, runs):
         _check_plottable(run_dir, rows, key)
-    from matplotlib.ticker import MaxNLocator
-
-    labels = [textwrap.fill(text, LEGEND_WIDTH, break_on_hyphens=False)
-              for text in run_labels([cfg for cfg, _ in runs], label_keys)]
-    lines = sum(text.count("\n") + 1 for text in labels)
-    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.2 * lines), layout="constrained")  # room for the legend
+    labels = run_labels([cfg for cfg, _ in runs], label_keys)
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for (_, rows), label in zip(runs, labels):
         rows = [r for r in rows if r.get(key) is not None]
         rounds = np.array([r["round"] for r in rows])
@@ -56,10 +52,24 @@ def plot_runs(
     if metric == "accuracy":
         ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-    # below the axes: a legend of many runs, or of runs that differ in many keys, never covers the curves
-    fig.legend(loc="outside lower center", fontsize="small", ncols=1 if max(map(len, labels)) > 30 else 2)
+    legend_below(fig, ax)
     return save_figure(fig, output)
+
+
+def legend_below(fig, ax) -> None:
+    """The legend of ``ax``'s curves below it (``fig`` made with ``layout="constrained"``),
+    labels wrapped and the figure made taller for them, so that many runs, or runs that
+    differ in many keys, never cover a curve; whole-number rounds on the x axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [textwrap.fill(text, LEGEND_WIDTH, break_on_hyphens=False) for text in labels]
+    ncols = 1 if max(map(len, labels), default=0) > 30 else 2
+    lines = [text.count("\n") + 1 for text in labels]
+    rows = sum(lines) if ncols == 1 else sum(max(lines[i:i + 2]) for i in range(0, len(lines), 2))
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=ncols)
+    fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
 
 
 def _check_plottable(run_dir: str, rows: list[dict[str, Any]], key: str = "accuracy") -> None:

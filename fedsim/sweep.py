@@ -235,9 +235,9 @@ def plot_curves(sweep: Sweep, points: list[Point], output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedsim.plot import save_figure
+    from fedsim.plot import legend_below, save_figure
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     for point in points:
         curves = []
         for seed in sweep.seeds:
@@ -262,7 +262,7 @@ def plot_curves(sweep: Sweep, points: list[Point], output: Path) -> None:
     ax.set_title(f"mean over {len(sweep.seeds)} seed(s), shaded ± 1 std")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_below(fig, ax)
     save_figure(fig, output)
 
 
