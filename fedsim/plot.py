@@ -64,9 +64,10 @@ def legend_below(fig, ax) -> None:
 
     handles, labels = ax.get_legend_handles_labels()
     labels = [textwrap.fill(text, LEGEND_WIDTH, break_on_hyphens=False) for text in labels]
-    ncols = 1 if max(map(len, labels), default=0) > 30 else 2
+    longest = max((len(line) for text in labels for line in text.splitlines()), default=0)
+    ncols = 1 if longest > 30 else 2 if longest > 15 else 4
     lines = [text.count("\n") + 1 for text in labels]
-    rows = sum(lines) if ncols == 1 else sum(max(lines[i:i + 2]) for i in range(0, len(lines), 2))
+    rows = sum(max(lines[i:i + ncols]) for i in range(0, len(lines), ncols))
     fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=ncols)
     fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
