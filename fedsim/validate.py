@@ -97,6 +97,7 @@ SPLIT_KEYS: dict[str, tuple[Any, str]] = {
     "size_sigma": (lambda c: c.partitioner == "size", "partitioner size"),
     "domain_split": (lambda c: c.partitioner == "domain", "partitioner domain"),
     "num_rotations": (lambda c: c.partitioner == "rotated", "partitioner rotated"),
+    "split_file": (lambda c: c.partitioner == "file", "partitioner file"),
 }
 """Keys only some built-in partitioners read: name -> (whether ``config`` reads it, who does)."""
 
