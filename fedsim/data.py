@@ -237,6 +237,7 @@ PARTITIONERS: dict[str, Partitioner | None] = {
     "natural": None,  # the dataset's own clients; handled by make_split
     "rotated": None,  # shards, client c's images rotated by (c mod num-rotations)·90°; see VIEWS
 }
+BUILTIN_PARTITIONERS = frozenset(PARTITIONERS)  # before any plugin registers its own
 
 View = tuple[Callable[["Dataset", "Config"], "Dataset"],
              Callable[["Config", "Dataset", np.random.Generator], "list[ClientSplit]"]]

@@ -35,7 +35,7 @@ from fedsim.config import (
     toml_value,
     typed_values,
 )
-from fedsim.data import DATASET_DEFAULTS, DATASETS, PARTITIONERS
+from fedsim.data import BUILTIN_PARTITIONERS, DATASET_DEFAULTS, DATASETS, PARTITIONERS
 from fedsim.models import MODELS
 
 REGISTRIES: dict[str, Any] = {
@@ -88,7 +88,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
-BUILTIN_PARTITIONERS = frozenset(PARTITIONERS)
 SPLIT_KEYS: dict[str, tuple[Any, str]] = {
     "classes_per_client": (lambda c: c.partitioner in ("shards", "rotated")
                            or (c.partitioner == "domain" and c.domain_split == "shards"),
