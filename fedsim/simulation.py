@@ -120,8 +120,14 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     from fedsim.history import read_run
 
     config = config_from_dict(read_run(run_dir)[0])
-    if completed(config, Path(run_dir)):
-        return json.loads((Path(run_dir) / "summary.json").read_text())
+    # summary.json's status, not a comparison of configs: the config.json of a run that an
+    # older fedsim finished lacks the keys added since
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("status") == "completed":
+        return summary
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.round >= config.num_rounds:
         return _open_run_dir(Path(run_dir), config, checkpoint.round).finish()

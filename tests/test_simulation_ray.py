@@ -173,6 +173,10 @@ def test_resuming_a_completed_run_leaves_it_as_it_is(tmp_path):
     before = {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir()}
     assert resume(tmp_path / "done", progress=False) == summary
     assert {f.name: f.read_bytes() for f in (tmp_path / "done").iterdir()} == before
+    older = json.loads((tmp_path / "done" / "config.json").read_text())
+    del older["kd3a-finetune"]  # finished by a fedsim that had no such key yet
+    (tmp_path / "done" / "config.json").write_text(json.dumps(older))
+    assert resume(tmp_path / "done", progress=False) == summary
     writer = RunWriter(tmp_path / "cut", config.to_dict())
     writer.log_round({"round": 1, "accuracy": 0.5, "loss": 1.0, "round_seconds": 0.1})
     writer.finish(error="killed")
