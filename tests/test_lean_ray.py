@@ -1,5 +1,7 @@
 """The lean local Ray: which services it leaves out, and that Ray's own defaults come back."""
 
+import os
+
 from ray._private import node, parameter
 
 from fedsim.lean_ray import lean_local_ray
@@ -16,3 +18,20 @@ def test_a_lean_local_ray_leaves_out_the_monitors_and_the_api_server_only_while_
     params = parameter.RayParams()
     assert params.no_monitor is False and params.include_log_monitor is None
     assert node.Node.start_api_server is original
+
+
+def test_a_local_ray_passes_one_model_inside_the_task_and_a_cluster_keeps_its_settings(monkeypatch):
+    import ray
+
+    from fedsim import load_config
+    from fedsim.simulation import LOCAL_RAY_CONFIG, _init_ray
+
+    calls = []
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # _init_ray sets it
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    _init_ray(load_config(None, []))
+    _init_ray(load_config(None, ["ray-address=10.0.0.1:6379"]))
+    assert calls[0]["address"] == "local" and calls[0]["_system_config"] is LOCAL_RAY_CONFIG
+    # a digits model (104 KB) goes inline; a node's reply of 50 of them does not
+    assert 110_000 < LOCAL_RAY_CONFIG["max_direct_call_object_size"] < 50 * 104_000
+    assert calls[1]["address"] == "10.0.0.1:6379" and "_system_config" not in calls[1]
