@@ -412,8 +412,11 @@ def _init_ray(config: Config) -> None:
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     pythonpath = os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = pythonpath
-    env = {"env_vars": {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}}
-    lean = lean_local_ray(config.verbose) if address == "local" else contextlib.nullcontext()
+    if address == "local":  # its processes inherit os.environ; fedsim's settings and services
+        lean, options = lean_local_ray(config.verbose), {"_system_config": LOCAL_RAY_CONFIG}
+    else:  # a cluster keeps its own settings; its workers get the path and the telemetry switch
+        env_vars = {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}
+        lean, options = contextlib.nullcontext(), {"runtime_env": {"env_vars": env_vars}}
     try:
         with warnings.catch_warnings(), lean:
             warnings.simplefilter("ignore", FutureWarning)
@@ -422,8 +425,7 @@ def _init_ray(config: Config) -> None:
                 include_dashboard=False,
                 log_to_driver=config.verbose,
                 logging_level=logging.INFO if config.verbose else logging.ERROR,
-                runtime_env=None if address == "local" else env,  # a local one inherits os.environ
-                **({"_system_config": LOCAL_RAY_CONFIG} if address == "local" else {}),
+                **options,
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc

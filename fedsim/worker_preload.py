@@ -3,7 +3,7 @@
 
 Flower's client actor class lives in ``flwr.simulation.ray_transport.ray_actor``, and
 importing it first runs ``flwr/simulation/__init__.py``, which imports the driver's side of
-the simulation engine (``run_simulation``, the in-memory SuperLink and grid): ~0.7 s of CPU
+the simulation engine (``run_simulation``, the in-memory SuperLink and grid): ~0.8 s of CPU
 in every actor that never uses it, while the actors start on the same cores. Here that
 package is registered without running its ``__init__``: its submodules (the actor class)
 import as usual, and the first lookup of anything the ``__init__`` defines runs it then,
