@@ -1,7 +1,7 @@
 """``fedsim run``, ``resume``, ``split``, ``plot``, ``affinity``, ``compare`` and ``sweep``.
 
 Exit codes: 0 done; 1 a run failed (summary.json says why); 2 bad input, reported before
-anything starts (config, data, paths); 130 interrupted (Ctrl-C).
+anything starts (config, data, paths); 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a RunInterrupted says how far the run got
         print(f"fedsim: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def run_many(
     for i, (config, _) in enumerate(jobs):
         key = (config.ray_address, config.client_num_cpus, config.client_num_gpus, config.verbose)
         layouts.setdefault(key, []).append(i)
-    with _stop_on_sigint():
+    with _stop_on_signals():
         for indices in layouts.values():
             group = [jobs[i] for i in indices]
             try:
@@ -99,7 +99,8 @@ def run_many(
                 summaries = _simulate_many(group, num_nodes, progress, announce, indices)
             except BaseException as exc:  # noqa: BLE001 - Ray could not start, or Ctrl-C
                 if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
-                    raise RunInterrupted("interrupted (Ctrl-C); the runs completed so far are kept") from None
+                    raise RunInterrupted(f"interrupted ({_stopped_by()}); the runs completed so far "
+                                         f"are kept", _exit_code()) from None
                 summaries = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"}] * len(group)
             finally:
                 _stop_ray()
@@ -150,7 +151,7 @@ def _check_before_ray(config: Config) -> None:
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
     _check_before_ray(config)
     writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
-    with _stop_on_sigint():
+    with _stop_on_signals():
         try:
             _quiet(config.verbose)
             num_nodes = _start_ray(config)
@@ -159,8 +160,8 @@ def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict
             _simulate(config, writer, num_nodes, progress, checkpoint)
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
             if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
-                summary = writer.finish(error="interrupted (Ctrl-C)", status="interrupted")
-                raise RunInterrupted(_interrupted_message(summary, config, out)) from None
+                summary = writer.finish(error=f"interrupted ({_stopped_by()})", status="interrupted")
+                raise RunInterrupted(_interrupted_message(summary, config, out), _exit_code()) from None
             message = f"{type(exc).__name__}: {exc}"
             writer.finish(error=message)
             if isinstance(exc, ConfigError):
@@ -192,7 +193,12 @@ def _interrupted_message(summary: dict[str, Any], config: Config, out: Path) -> 
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped the run; summary.json says ``interrupted`` and how far it got."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run; summary.json says ``interrupted`` and how
+    far it got. ``exit_code``: 130 after SIGINT, 143 after SIGTERM (128 + the signal)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class _Stopped(Exception):
@@ -200,17 +206,32 @@ class _Stopped(Exception):
     ``Exception``, so Flower hands it back to the main thread)."""
 
 
-STOP = threading.Event()  # set by Ctrl-C during a run
+STOP = threading.Event()  # set by Ctrl-C (or SIGTERM) during a run
+_SIGNALLED: list[int] = []  # the signal that set STOP
+_BACKENDS: list[Any] = []  # Flower's Ray backends of the simulation in progress
+_HANDLER: list[Any] = []  # the handler of _stop_on_signals, while it is active
+BUSY_ACTORS_GRACE = 1.0  # seconds after a stop before actors still running a task are killed
+
+
+def _stopped_by() -> str:
+    return "SIGTERM" if _SIGNALLED == [signal.SIGTERM] else "Ctrl-C"
+
+
+def _exit_code() -> int:
+    return 128 + (_SIGNALLED[0] if _SIGNALLED else signal.SIGINT)
 
 
 @contextlib.contextmanager
-def _stop_on_sigint() -> Iterator[None]:
-    """For the run, the first SIGINT sets ``STOP`` instead of raising KeyboardInterrupt
-    in the main thread: that left Flower's ServerApp thread waiting for replies up to
-    ``round-timeout`` and the process alive. The round loop stops at its next call to
-    the grid (it polls every 0.1 s while it waits), Flower then stops its workers and
-    Ray; a second SIGINT raises KeyboardInterrupt. Signal handlers can only be set in
-    the main thread; elsewhere this does nothing."""
+def _stop_on_signals() -> Iterator[None]:
+    """For the run, the first SIGINT or SIGTERM sets ``STOP`` instead of raising in the
+    main thread (KeyboardInterrupt, or Ray's SIGTERM handler's SystemExit): that left
+    Flower's ServerApp thread waiting for replies up to ``round-timeout`` and the process
+    alive. The round loop stops at its next call to the grid (it polls every 0.1 s while it
+    waits); actors still running a task :data:`BUSY_ACTORS_GRACE` s later are killed, since
+    Flower waits for every task in flight before it stops (a long round took 76-81 s to end
+    after Ctrl-C). Flower then stops its workers and Ray. A second signal raises
+    KeyboardInterrupt. Signal handlers can only be set in the main thread; elsewhere this
+    does nothing. ``ray.init`` sets its own SIGTERM handler: :func:`_init_ray` re-arms ours."""
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
     if threading.current_thread() is not threading.main_thread():
@@ -227,13 +248,17 @@ def _stop_on_sigint() -> Iterator[None]:
 
         return call
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if STOP.is_set():
             raise KeyboardInterrupt
+        _SIGNALLED[:] = [signum]
         STOP.set()
+        threading.Thread(target=_kill_busy_actors, args=(BUSY_ACTORS_GRACE,), daemon=True).start()
 
     STOP.clear()
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    _SIGNALLED.clear()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _HANDLER[:] = [on_signal]
     for name in names:
         setattr(InMemoryGrid, name, stoppable(original[name]))
     try:
@@ -241,7 +266,47 @@ def _stop_on_sigint() -> Iterator[None]:
     finally:
         for name in names:
             setattr(InMemoryGrid, name, original[name])
-        signal.signal(signal.SIGINT, previous)
+        _HANDLER.clear()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _rearm_sigterm() -> None:
+    """Our SIGTERM handler again, after ``ray.init`` replaced it with one that exits."""
+    if _HANDLER and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _HANDLER[0])
+
+
+def _kill_busy_actors(grace: float) -> None:
+    """Kill the actors that still run a task ``grace`` seconds after a stop: Flower's
+    workers wait for those tasks (``ray.get``) and the run would only end after them."""
+    time.sleep(grace)
+    import ray
+
+    for backend in list(_BACKENDS):
+        busy = getattr(getattr(backend, "pool", None), "_future_to_actor", {})
+        for actor in list(busy.values()):
+            with contextlib.suppress(Exception):  # already gone, or Ray already shut down
+                ray.kill(actor, no_restart=True)
+
+
+@contextlib.contextmanager
+def _tracked_backends() -> Iterator[None]:
+    """Flower's Ray backends built while inside, in :data:`_BACKENDS` (for a stop)."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    original = RayBackend.build
+
+    def build(self: Any, app_fn: Any) -> None:
+        _BACKENDS.append(self)
+        return original(self, app_fn)
+
+    RayBackend.build = build
+    try:
+        yield
+    finally:
+        RayBackend.build = original
+        _BACKENDS.clear()
 
 
 @contextlib.contextmanager
@@ -271,7 +336,7 @@ def _run_simulation(server_app: Any, config: Config, num_nodes: int) -> None:
         },
         "init_args": {"log_to_driver": config.verbose},
     }
-    with own_warnings_only(), fast_message_pump():
+    with own_warnings_only(), fast_message_pump(), _tracked_backends():
         run_simulation(
             server_app=server_app,
             client_app=PlacedClientApp(app),  # replies say which actor ran them
@@ -321,7 +386,7 @@ def _simulate_many(
                 if len(writer.rows) < config.num_rounds:
                     raise RunFailed(f"the run stopped after {len(writer.rows)} of {config.num_rounds} rounds")
             except _Stopped:
-                summaries.append(writer.finish(error="interrupted (Ctrl-C)", status="interrupted"))
+                summaries.append(writer.finish(error=f"interrupted ({_stopped_by()})", status="interrupted"))
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded; the next run starts
                 summaries.append(writer.finish(error=f"{type(exc).__name__}: {exc}"))
@@ -429,6 +494,7 @@ def _init_ray(config: Config) -> None:
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
+    _rearm_sigterm()
 
 
 def _nodes_for(config: Config) -> int:
