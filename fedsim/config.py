@@ -273,6 +273,10 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key_of(name)} = {value}: must be in [0, 1)")
+        if self.kd3a_gate_start > self.kd3a_gate_end:
+            raise ConfigError(f"kd3a-gate-start = {self.kd3a_gate_start} is above kd3a-gate-end = "
+                              f"{self.kd3a_gate_end}: the confidence gate rises from start to end "
+                              f"(equal values keep it fixed)")
         _positive("kd3a_rounds_per_epoch", self.kd3a_rounds_per_epoch)
         _at_least("kd3a_ema_rounds", self.kd3a_ema_rounds, 0)
         if self.kd3a_mixup < 0:
@@ -464,12 +468,19 @@ def read_values(path: str | Path | None = None, overrides: list[str] | None = No
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a directory; give a TOML file")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (TOML must be): byte "
+                              f"{exc.object[exc.start]:#04x} at offset {exc.start}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
         for key, value in raw.items():
             name = field_name(key)
             values[name] = _typed(key, value)

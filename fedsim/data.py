@@ -14,12 +14,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from fedsim.config import Config
+from fedsim.config import Config, ConfigError
 
 
 class DataError(ValueError):
@@ -285,18 +283,54 @@ def make_split(config: Config, data: Dataset) -> list[ClientSplit]:
     elif config.partitioner in VIEWS:
         splits = VIEWS[config.partitioner][1](config, data, rng)
     else:
+        if config.partitioner in LABEL_PARTITIONERS and np.issubdtype(data.y.dtype, np.floating):
+            raise DataError(f"partitioner {config.partitioner!r} deals clients classes, but dataset "
+                            f"{data.name!r} has real-valued targets (regression); use iid or size")
         train_pool, test_pool = _pools(data, config.test_fraction, rng)
-        parts = PARTITIONERS[config.partitioner](data.y[train_pool], config.num_clients, rng, config)
-        if len(parts) != config.num_clients:
-            raise DataError(
-                f"partitioner {config.partitioner!r} returned {len(parts)} parts for "
-                f"num-clients = {config.num_clients}"
-            )
-        trains = [train_pool[np.asarray(p, dtype=np.int64)] for p in parts]
+        trains = [train_pool[p] for p in _partition(config, data.y[train_pool], rng)]
         tests = match_test_split([data.y[t] for t in trains], test_pool, data.y[test_pool], rng)
         splits = [ClientSplit(np.sort(a), np.sort(b)) for a, b in zip(trains, tests)]
     _check_split(splits, config)
     return carve_validation(splits, config.val_fraction, config.seed) if config.val_fraction else splits
+
+
+LABEL_PARTITIONERS = frozenset({"dirichlet", "shards"})  # built-ins that deal classes
+
+
+def _partition(config: Config, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The registered partitioner's parts of the training pool, checked: one integer index
+    array per client, each index in the pool once at most. A partitioner's own exception
+    (a plugin's bug, or a split it cannot make) becomes a DataError naming it."""
+    name = config.partitioner
+    try:
+        parts = PARTITIONERS[name](labels, config.num_clients, rng, config)  # type: ignore[misc]
+    except (ConfigError, DataError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported with the partitioner's name
+        raise DataError(f"partitioner {name!r} raised {type(exc).__name__}: {exc} "
+                        f"(num-clients = {config.num_clients}, {len(labels)} training samples)") from exc
+    sequence = isinstance(parts, (list, tuple)) or (isinstance(parts, np.ndarray) and parts.ndim)
+    if not sequence or len(parts) != config.num_clients:
+        got = f"{len(parts)} parts" if sequence else f"a {type(parts).__name__}"
+        raise DataError(f"partitioner {name!r} returned {got} for num-clients = {config.num_clients}; "
+                        f"expected a list of one index array per client")
+    out, seen = [], np.zeros(len(labels), dtype=bool)
+    for client, part in enumerate(parts):
+        idx = np.asarray(part)
+        if idx.ndim != 1 or not (idx.dtype.kind in "iu" or idx.size == 0):
+            raise DataError(f"partitioner {name!r}, client {client}: expected a 1-d array of integer "
+                            f"indices, got dtype {idx.dtype} and shape {idx.shape}")
+        idx = idx.astype(np.int64)
+        bad = idx[(idx < 0) | (idx >= len(labels))]
+        if len(bad):
+            raise DataError(f"partitioner {name!r}, client {client}: index {int(bad[0])} is out of "
+                            f"range (the training pool has {len(labels)} samples: 0..{len(labels) - 1})")
+        if len(np.unique(idx)) != len(idx) or seen[idx].any():
+            raise DataError(f"partitioner {name!r}, client {client}: an index is used twice "
+                            f"(within the client or by an earlier one)")
+        seen[idx] = True
+        out.append(idx)
+    return out
 
 
 def carve_validation(splits: list[ClientSplit], fraction: float, seed: int) -> list[ClientSplit]:

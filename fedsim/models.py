@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedsim.config import ConfigError
 from fedsim.data import Dataset
 
 
@@ -99,8 +100,8 @@ def build_model(data: Dataset, hidden_dim: int, seed: int, name: str = "auto") -
         if name.startswith("cnn"):
             side = int(name[3:5])
             if len(data.input_shape) != 3 or data.input_shape[1:] != (side, side):
-                raise ValueError(f"model = {name!r} needs C×{side}×{side} images, "
-                                 f"the dataset has inputs of shape {data.input_shape}")
+                raise ConfigError(f"model = {name!r} needs C×{side}×{side} images, the dataset "
+                                  f"has inputs of shape {data.input_shape}; use model = 'auto' or 'mlp'")
             build = {"cnn28": cnn28, "cnn32": cnn32, "cnn32bn": cnn32bn}[name]
             return build(data.input_shape[0], data.num_classes)
         return mlp(in_features, hidden_dim, data.num_classes)

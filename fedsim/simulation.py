@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedsim.algorithms import engine_paths, strategy_class
 from fedsim.config import Config, ConfigError
 from fedsim.data import client_splits, load_dataset
@@ -141,6 +143,9 @@ def _check_before_ray(config: Config) -> None:
     validate(config)
     splits = client_splits(config)
     data = load_dataset(config)
+    if config.head_solver == "lstsq" and not np.issubdtype(data.y.dtype, np.floating):
+        raise ConfigError(f"head-solver = 'lstsq' fits a regression head by least squares, but "
+                          f"dataset = {config.dataset!r} has class labels; use head-solver = 'sgd'")
     engine_paths(config, data)
     _check_local_resources(config)
     advice = getattr(strategy_class(config.strategy), "advice", None)  # a plugin's own class may lack it

@@ -170,3 +170,40 @@ def test_plugin_with_a_syntax_error(tmp_path):
     plugin.write_text("def oops(:\n")
     with pytest.raises(ConfigError, match="cannot import"):
         load_config(None, [f"plugins={plugin}"])
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("return np.array_split(np.arange(len(labels)), 0)",
+     r"partitioner 'mine' raised ValueError: .*num-clients = 2"),
+    ("return None", r"returned a NoneType for num-clients = 2"),
+    ("return [np.arange(len(labels) + 1), np.arange(1)]", r"client 0: index \d+ is out of range"),
+    ("return [np.array([0.0, 1.5]), np.array([2, 3])]", r"client 0: expected a 1-d array of integer indices"),
+    ("return [np.arange(10), np.arange(5, 20)]", r"client 1: an index is used twice"),
+    ("return [np.array([1, 1, 2]), np.array([3, 4])]", r"client 0: an index is used twice"),
+])
+def test_a_partitioners_bad_output_or_exception_is_a_data_error_naming_it(tmp_path, body, message):
+    """A plugin's bug or a split it cannot make: a DataError naming the partitioner (and
+    the client), as the split-file path gives, not a traceback or a silent bad split."""
+    plugin = tmp_path / f"bad_split_{abs(hash(body))}.py"  # plugins are imported once per name
+    plugin.write_text("import numpy as np\nfrom fedsim import register_partitioner\n"
+                      "@register_partitioner('mine')\n"
+                      f"def mine(labels, num_clients, rng, config):\n    {body}\n")
+    with pytest.raises(DataError, match=message):
+        split_of(f"plugins={plugin}", "partitioner=mine", "num-clients=2")
+
+
+def test_a_2d_array_of_parts_is_accepted(tmp_path):
+    plugin = tmp_path / "array_split_plugin.py"
+    plugin.write_text("import numpy as np\nfrom fedsim import register_partitioner\n"
+                      "@register_partitioner('rows')\n"
+                      "def rows(labels, num_clients, rng, config):\n"
+                      "    return np.arange(num_clients * 40).reshape(num_clients, 40)\n")
+    _, splits = split_of(f"plugins={plugin}", "partitioner=rows", "num-clients=2")
+    assert [len(s.train) for s in splits] == [40, 40]
+
+
+@pytest.mark.parametrize("partitioner", ["dirichlet", "shards"])
+def test_class_partitioners_refuse_a_regression_dataset(partitioner):
+    with pytest.raises(DataError, match=f"partitioner '{partitioner}' deals clients classes, but "
+                                        "dataset 'linear-regression' has real-valued targets"):
+        split_of("dataset=linear-regression", f"partitioner={partitioner}", "num-clients=4")

@@ -1,0 +1,56 @@
+"""Bad input found by trying fedsim as a new user: each is refused before Ray starts with
+exit code 2 and one line naming the bad value and what is allowed (no traceback)."""
+
+import pytest
+
+from fedsim.cli import main
+
+SMALL = ["--set", "num-rounds=1", "--set", "num-clients=4", "--quiet"]
+KD3A = ["--set", "strategy=kd3a", "--set", "dataset=digit5-synth", "--set", "partitioner=domain",
+        "--set", "num-clients=5", "--set", "target-domain=mnistm", "--set", "fraction-train=1.0"]
+
+
+def _refused(capsys, argv):
+    import ray
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert not ray.is_initialized()
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    (["model=cnn28"], "fedsim: error: model = 'cnn28' needs C×28×28 images, the dataset has inputs of "
+                      "shape (64,); use model = 'auto' or 'mlp'"),
+    (["model=cnn32bn"], "fedsim: error: model = 'cnn32bn' needs C×32×32 images"),
+    (["head-solver=lstsq"], "fedsim: error: head-solver = 'lstsq' fits a regression head by least "
+                            "squares, but dataset = 'digits' has class labels; use head-solver = 'sgd'"),
+    (["dataset=linear-regression", "partitioner=dirichlet"],
+     "fedsim: error: partitioner 'dirichlet' deals clients classes, but dataset 'linear-regression' "
+     "has real-valued targets (regression); use iid or size"),
+])
+def test_a_run_that_cannot_work_on_its_data_is_refused(tmp_path, capsys, changes, message):
+    argv = ["run", *SMALL, *[a for c in changes for a in ("--set", c)], "--out", str(tmp_path / "r")]
+    assert _refused(capsys, argv).startswith(message)
+
+
+def test_a_falling_kd3a_gate_is_refused(tmp_path, capsys):
+    argv = ["run", *SMALL, *KD3A, "--set", "kd3a-gate-start=0.99", "--set", "kd3a-gate-end=0.5",
+            "--out", str(tmp_path / "r")]
+    assert _refused(capsys, argv) == (
+        "fedsim: error: kd3a-gate-start = 0.99 is above kd3a-gate-end = 0.5: the confidence gate "
+        "rises from start to end (equal values keep it fixed)")
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_config_file_that_is_not_utf8_text_is_refused(tmp_path, capsys, command):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xff\xfe garbage\n")
+    assert _refused(capsys, [command, str(path), "--out", str(tmp_path / "r")]) == (
+        f"fedsim: error: config file '{path}' is not UTF-8 text (TOML must be): byte 0xff at offset 0")
+
+
+def test_a_directory_given_as_the_config_file_is_named_as_one(tmp_path, capsys):
+    assert _refused(capsys, ["run", str(tmp_path)]) == (
+        f"fedsim: error: config file '{tmp_path}' is a directory; give a TOML file")
