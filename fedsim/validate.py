@@ -73,7 +73,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the strategy's (``STRATEGY_DEFAULTS``) and the dataset's defaults
     (``DATASET_DEFAULTS``) for keys left unset,
     then the TOML file at ``path``, then ``key=value`` overrides; validated."""
-    values = read_values(path, overrides)
+    values = _absolute_paths(read_values(path, overrides))
     explicit = set(values)
     load_plugins(values.get("plugins", ""))  # a plugin may register the dataset and its defaults
     dataset = values.get("dataset", Config.dataset)
@@ -86,6 +86,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in unread_split_keys(config, explicit):
         warnings.warn(text, UserWarning, stacklevel=2)
     return config
+
+
+def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``plugins`` files, ``split-file`` and ``data-root`` as absolute paths: config.json
+    keeps them, and ``fedsim resume`` (or a sweep's rerun) may start in another directory."""
+    out = dict(values)
+    if out.get("plugins"):
+        out["plugins"] = ",".join(str(Path(item).resolve()) if item.endswith(".py") else item
+                                  for item in filter(None, (p.strip() for p in out["plugins"].split(","))))
+    for name in ("split_file", "data_root"):
+        if out.get(name):
+            out[name] = str(Path(out[name]).expanduser().resolve())
+    return out
 
 
 SPLIT_KEYS: dict[str, tuple[Any, str]] = {

@@ -119,3 +119,16 @@ def test_a_set_key_that_the_chosen_partitioner_never_reads_is_named_in_a_warning
     assert said("partitioner=shards") == []  # defaults are not the user's doing
     monkeypatch.setitem(PARTITIONERS, "mine", lambda labels, n, rng, config: [])
     assert said("partitioner=mine dirichlet-alpha=0.1") == []  # a plugin may read any key
+
+
+def test_relative_paths_are_kept_absolute_so_resume_works_from_anywhere(tmp_path, monkeypatch):
+    """config.json keeps plugins files, split-file and data-root as absolute paths: the
+    `fedsim resume DIR` a run prints must work from any directory."""
+    (tmp_path / "abs_path_plugin.py").write_text("X = 1\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "split.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["plugins=abs_path_plugin.py", "data-root=data", "split-file=split.json"])
+    assert config.plugins == str(tmp_path / "abs_path_plugin.py")
+    assert (config.data_root, config.split_file) == (str(tmp_path / "data"), str(tmp_path / "split.json"))
+    assert load_config(None, ["plugins=json"]).plugins == "json"  # a module name stays a name
