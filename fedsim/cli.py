@@ -165,6 +165,9 @@ def _compare(args: argparse.Namespace) -> int:
     from fedsim.compare import compare
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not strategies:
+        raise ConfigError(f"--strategies {args.strategies!r}: give at least one, "
+                          f"e.g. --strategies fedrep,fedavg")
     out, failed = compare(args.config, args.set, strategies, args.seeds, args.out)
     return _grid_report(out, failed)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.config import ConfigError, field_name, key_of
 from fedsim.history import EmptyRun, read_run
 
 BAND = (10, 90)  # percentiles of per-client accuracy shown as the shaded band
@@ -36,7 +37,8 @@ def plot_runs(
     runs = [read_run(d) for d in run_dirs]
     for run_dir, (_, rows) in zip(run_dirs, runs):
         _check_plottable(run_dir, rows, key)
-    labels = run_labels([cfg for cfg, _ in runs], label_keys)
+    keys = [_config_key(k) for k in label_keys] if label_keys else None
+    labels = run_labels([cfg for cfg, _ in runs], keys)
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for (_, rows), label in zip(runs, labels):
         rows = [r for r in rows if r.get(key) is not None]
@@ -54,6 +56,14 @@ def plot_runs(
     ax.grid(alpha=0.3)
     legend_below(fig, ax)
     return save_figure(fig, output)
+
+
+def _config_key(key: str) -> str:
+    """``--label`` ``key`` as config.json spells it (kebab-case); unknown: a ConfigError."""
+    try:
+        return key_of(field_name(key.replace("_", "-")))
+    except ConfigError as exc:
+        raise ConfigError(f"--label {key}: {exc}") from None
 
 
 def legend_below(fig, ax) -> None:
@@ -94,6 +104,13 @@ def save_figure(fig, output: str | Path, dpi: int = 120) -> Path:
     if fig.get_layout_engine() is None:  # a figure made with its own layout keeps it
         fig.tight_layout()
     path = Path(output)
+    if not path.suffix:  # what matplotlib would write, and the name to report
+        path = path.with_suffix(".png")
+    formats = fig.canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        plt.close(fig)
+        raise ConfigError(f"-o {str(output)!r}: cannot write a {path.suffix!r} image; use one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

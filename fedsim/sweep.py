@@ -82,6 +82,7 @@ def plan(
     from fedsim.validate import load_config
 
     check_keys(grid)
+    check_overrides(overrides, grid)
     keys = [k for k, _ in grid]
     points = [Point(tuple(zip(keys, combo))) for combo in itertools.product(*(v for _, v in grid))]
     sweep = Sweep(keys, points, seeds, Path(out))
@@ -264,6 +265,24 @@ def plot_curves(sweep: Sweep, points: list[Point], output: Path) -> None:
     ax.grid(alpha=0.3)
     legend_below(fig, ax)
     save_figure(fig, output)
+
+
+def check_overrides(overrides: list[str], grid: list[tuple[str, list[str]]]) -> None:
+    """A ``--set`` of a key the grid sets (or of ``seed``, which ``--seeds`` sets) would be
+    dropped without a word: a ConfigError naming both."""
+    gridded = {field_name(k): k for k, _ in grid}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        try:
+            name = field_name(key)
+        except ConfigError:
+            continue  # load_config names the unknown key
+        if name == "seed":
+            raise ConfigError(f"--set {item!r}: a sweep's seeds come from --seeds (e.g. --seeds 0,1,2)")
+        if name in gridded:
+            source = f"--grid {gridded[name]}" + (" (compare: --strategies)" if name == "strategy" else "")
+            raise ConfigError(f"--set {item!r}: {key} is set by {source} for every run; give its "
+                              f"values there only")
 
 
 def check_keys(grid: list[tuple[str, list[str]]]) -> None:

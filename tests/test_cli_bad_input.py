@@ -54,3 +54,47 @@ def test_a_config_file_that_is_not_utf8_text_is_refused(tmp_path, capsys, comman
 def test_a_directory_given_as_the_config_file_is_named_as_one(tmp_path, capsys):
     assert _refused(capsys, ["run", str(tmp_path)]) == (
         f"fedsim: error: config file '{tmp_path}' is a directory; give a TOML file")
+
+
+QUICK = "experiments/quickstart.toml"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["sweep", QUICK, "--grid", "lr=0.01,0.05", "--set", "lr=0.2", "--seeds", "0"],
+     "fedsim: error: --set 'lr=0.2': lr is set by --grid lr for every run; give its values there only"),
+    (["sweep", QUICK, "--grid", "lr=0.01", "--set", "seed=3", "--seeds", "0"],
+     "fedsim: error: --set 'seed=3': a sweep's seeds come from --seeds (e.g. --seeds 0,1,2)"),
+    (["compare", QUICK, "--strategies", "fedrep", "--set", "strategy=fedavg", "--seeds", "0"],
+     "fedsim: error: --set 'strategy=fedavg': strategy is set by --grid strategy (compare: --strategies) "
+     "for every run; give its values there only"),
+    (["compare", QUICK, "--strategies", " , ", "--seeds", "0"],
+     "fedsim: error: --strategies ' , ': give at least one, e.g. --strategies fedrep,fedavg"),
+])
+def test_a_grid_key_also_set_with_set_or_no_strategy_is_refused(tmp_path, capsys, argv, message):
+    assert _refused(capsys, [*argv, "--out", str(tmp_path / "grid")]) == message
+    assert not (tmp_path / "grid").exists()
+
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory):
+    from fedsim.history import RunWriter
+
+    run_dir = tmp_path_factory.mktemp("plot") / "run"
+    writer = RunWriter(run_dir, {"strategy": "fedrep", "num-clients": 2})
+    for r in (1, 2):
+        writer.log_round({"round": r, "accuracy": 0.5, "clients": {"0": 0.4, "1": 0.6}})
+    writer.finish()
+    return run_dir
+
+
+def test_plot_label_must_be_a_config_key(a_run, tmp_path, capsys):
+    assert _refused(capsys, ["plot", str(a_run), "--label", "nosuchkey", "-o", str(tmp_path / "p.png")]
+                    ).startswith("fedsim: error: --label nosuchkey: unknown config key 'nosuchkey'")
+    assert main(["plot", str(a_run), "--label", "num_clients", "-o", str(tmp_path / "p")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'p.png'}"  # the file matplotlib wrote
+    assert (tmp_path / "p.png").is_file()
+
+
+def test_plot_to_an_unknown_image_format_is_refused(a_run, tmp_path, capsys):
+    assert _refused(capsys, ["plot", str(a_run), "-o", str(tmp_path / "p.xyz")]).startswith(
+        f"fedsim: error: -o '{tmp_path / 'p.xyz'}': cannot write a '.xyz' image; use one of ")
