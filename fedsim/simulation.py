@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,6 +20,16 @@ from fedsim.data import client_splits, load_dataset
 from fedsim.history import RunWriter
 from fedsim.lean_ray import lean_local_ray
 from fedsim.pump import fast_message_pump
+from fedsim.stopping import (
+    STOP,
+    RunInterrupted,
+    Stopped,
+    exit_code,
+    rearm_sigterm,
+    stop_on_signals,
+    stopped_by,
+    tracked_backends,
+)
 from fedsim.validate import config_from_dict, validate
 
 
@@ -89,7 +97,7 @@ def run_many(
     for i, (config, _) in enumerate(jobs):
         key = (config.ray_address, config.client_num_cpus, config.client_num_gpus, config.verbose)
         layouts.setdefault(key, []).append(i)
-    with _stop_on_signals():
+    with stop_on_signals():
         for indices in layouts.values():
             group = [jobs[i] for i in indices]
             try:
@@ -97,12 +105,12 @@ def run_many(
                 _init_ray(group[0][0])  # once for the whole group
                 num_nodes = max(_nodes_for(config) for config, _ in group)
                 if STOP.is_set():
-                    raise _Stopped
+                    raise Stopped
                 summaries = _simulate_many(group, num_nodes, progress, announce, indices)
             except BaseException as exc:  # noqa: BLE001 - Ray could not start, or Ctrl-C
                 if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
-                    raise RunInterrupted(f"interrupted ({_stopped_by()}); the runs completed so far "
-                                         f"are kept", _exit_code()) from None
+                    raise RunInterrupted(f"interrupted ({stopped_by()}); the runs completed so far "
+                                         f"are kept", exit_code()) from None
                 summaries = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"}] * len(group)
             finally:
                 _stop_ray()
@@ -156,17 +164,17 @@ def _check_before_ray(config: Config) -> None:
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
     _check_before_ray(config)
     writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
-    with _stop_on_signals():
+    with stop_on_signals():
         try:
             _quiet(config.verbose)
             num_nodes = _start_ray(config)
             if STOP.is_set():
-                raise _Stopped
+                raise Stopped
             _simulate(config, writer, num_nodes, progress, checkpoint)
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
             if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
-                summary = writer.finish(error=f"interrupted ({_stopped_by()})", status="interrupted")
-                raise RunInterrupted(_interrupted_message(summary, config, out), _exit_code()) from None
+                summary = writer.finish(error=f"interrupted ({stopped_by()})", status="interrupted")
+                raise RunInterrupted(_interrupted_message(summary, config, out), exit_code()) from None
             message = f"{type(exc).__name__}: {exc}"
             writer.finish(error=message)
             if isinstance(exc, ConfigError):
@@ -197,123 +205,6 @@ def _interrupted_message(summary: dict[str, Any], config: Config, out: Path) -> 
     return text
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or SIGTERM stopped the run; summary.json says ``interrupted`` and how
-    far it got. ``exit_code``: 130 after SIGINT, 143 after SIGTERM (128 + the signal)."""
-
-    def __init__(self, message: str, exit_code: int = 130) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _Stopped(Exception):
-    """Raised in the ServerApp thread at its next grid call once STOP is set (an
-    ``Exception``, so Flower hands it back to the main thread)."""
-
-
-STOP = threading.Event()  # set by Ctrl-C (or SIGTERM) during a run
-_SIGNALLED: list[int] = []  # the signal that set STOP
-_BACKENDS: list[Any] = []  # Flower's Ray backends of the simulation in progress
-_HANDLER: list[Any] = []  # the handler of _stop_on_signals, while it is active
-BUSY_ACTORS_GRACE = 1.0  # seconds after a stop before actors still running a task are killed
-
-
-def _stopped_by() -> str:
-    return "SIGTERM" if _SIGNALLED == [signal.SIGTERM] else "Ctrl-C"
-
-
-def _exit_code() -> int:
-    return 128 + (_SIGNALLED[0] if _SIGNALLED else signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """For the run, the first SIGINT or SIGTERM sets ``STOP`` instead of raising in the
-    main thread (KeyboardInterrupt, or Ray's SIGTERM handler's SystemExit): that left
-    Flower's ServerApp thread waiting for replies up to ``round-timeout`` and the process
-    alive. The round loop stops at its next call to the grid (it polls every 0.1 s while it
-    waits); actors still running a task :data:`BUSY_ACTORS_GRACE` s later are killed, since
-    Flower waits for every task in flight before it stops (a long round took 76-81 s to end
-    after Ctrl-C). Flower then stops its workers and Ray. A second signal raises
-    KeyboardInterrupt. Signal handlers can only be set in the main thread; elsewhere this
-    does nothing. ``ray.init`` sets its own SIGTERM handler: :func:`_init_ray` re-arms ours."""
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    names = ("get_node_ids", "push_messages", "pull_messages")
-    original = {name: getattr(InMemoryGrid, name) for name in names}
-
-    def stoppable(method: Any) -> Any:
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if STOP.is_set():
-                raise _Stopped("interrupted")
-            return method(self, *args, **kwargs)
-
-        return call
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if STOP.is_set():
-            raise KeyboardInterrupt
-        _SIGNALLED[:] = [signum]
-        STOP.set()
-        threading.Thread(target=_kill_busy_actors, args=(BUSY_ACTORS_GRACE,), daemon=True).start()
-
-    STOP.clear()
-    _SIGNALLED.clear()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _HANDLER[:] = [on_signal]
-    for name in names:
-        setattr(InMemoryGrid, name, stoppable(original[name]))
-    try:
-        yield
-    finally:
-        for name in names:
-            setattr(InMemoryGrid, name, original[name])
-        _HANDLER.clear()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _rearm_sigterm() -> None:
-    """Our SIGTERM handler again, after ``ray.init`` replaced it with one that exits."""
-    if _HANDLER and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _HANDLER[0])
-
-
-def _kill_busy_actors(grace: float) -> None:
-    """Kill the actors that still run a task ``grace`` seconds after a stop: Flower's
-    workers wait for those tasks (``ray.get``) and the run would only end after them."""
-    time.sleep(grace)
-    import ray
-
-    for backend in list(_BACKENDS):
-        busy = getattr(getattr(backend, "pool", None), "_future_to_actor", {})
-        for actor in list(busy.values()):
-            with contextlib.suppress(Exception):  # already gone, or Ray already shut down
-                ray.kill(actor, no_restart=True)
-
-
-@contextlib.contextmanager
-def _tracked_backends() -> Iterator[None]:
-    """Flower's Ray backends built while inside, in :data:`_BACKENDS` (for a stop)."""
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-
-    original = RayBackend.build
-
-    def build(self: Any, app_fn: Any) -> None:
-        _BACKENDS.append(self)
-        return original(self, app_fn)
-
-    RayBackend.build = build
-    try:
-        yield
-    finally:
-        RayBackend.build = original
-        _BACKENDS.clear()
-
-
 @contextlib.contextmanager
 def own_warnings_only() -> Iterator[None]:
     """Flower's and Ray's warnings (deprecation notices of the simulation API) hidden
@@ -341,7 +232,7 @@ def _run_simulation(server_app: Any, config: Config, num_nodes: int) -> None:
         },
         "init_args": {"log_to_driver": config.verbose},
     }
-    with own_warnings_only(), fast_message_pump(), _tracked_backends():
+    with own_warnings_only(), fast_message_pump(), tracked_backends():
         run_simulation(
             server_app=server_app,
             client_app=PlacedClientApp(app),  # replies say which actor ran them
@@ -390,8 +281,8 @@ def _simulate_many(
                 run_rounds(grid, config, writer, num_nodes, _print_progress if progress else None)
                 if len(writer.rows) < config.num_rounds:
                     raise RunFailed(f"the run stopped after {len(writer.rows)} of {config.num_rounds} rounds")
-            except _Stopped:
-                summaries.append(writer.finish(error=f"interrupted ({_stopped_by()})", status="interrupted"))
+            except Stopped:
+                summaries.append(writer.finish(error=f"interrupted ({stopped_by()})", status="interrupted"))
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded; the next run starts
                 summaries.append(writer.finish(error=f"{type(exc).__name__}: {exc}"))
@@ -400,7 +291,7 @@ def _simulate_many(
 
     _run_simulation(server_app, jobs[0][0], num_nodes)  # the group shares these resources
     if STOP.is_set():
-        raise _Stopped
+        raise Stopped
     missing = len(jobs) - len(summaries)  # the simulation ended early (e.g. its ServerApp raised)
     return summaries + [{"status": "failed", "error": "the simulation ended before this run"}] * missing
 
@@ -499,7 +390,7 @@ def _init_ray(config: Config) -> None:
             )
     except Exception as exc:
         raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
-    _rearm_sigterm()
+    rearm_sigterm()
 
 
 def _nodes_for(config: Config) -> int:

@@ -93,7 +93,7 @@ def test_a_stop_kills_only_the_actors_that_still_run_a_task(monkeypatch):
     are left to Flower's own shutdown."""
     import ray
 
-    from fedsim import simulation
+    from fedsim import stopping
 
     class Pool:
         _future_to_actor = {"future-1": "busy-actor"}
@@ -104,6 +104,6 @@ def test_a_stop_kills_only_the_actors_that_still_run_a_task(monkeypatch):
 
     killed = []
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart: killed.append((actor, no_restart)))
-    monkeypatch.setattr(simulation, "_BACKENDS", [Backend()])
-    simulation._kill_busy_actors(0.0)
+    monkeypatch.setattr(stopping, "_BACKENDS", [Backend()])
+    stopping.kill_busy_actors(0.0)
     assert killed == [("busy-actor", True)]
