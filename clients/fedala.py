@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from clients.routines import task_loss
-from fedsim.config import Config
+from fedsim.config import Config, ConfigError
 
 SETTLED_STD, SETTLED_PASSES = 0.1, 10  # the reference's threshold and num_pre_loss
 MAX_PASSES = 100  # the reference has no cap; one that never settles stops here
@@ -29,7 +29,7 @@ def top_parameters(module: nn.Module, layers: int) -> tuple[str, ...]:
     themselves) of ``module``, in order."""
     owners = [(name, m) for name, m in module.named_modules() if any(True for _ in m.parameters(False))]
     if not 1 <= layers <= len(owners):
-        raise ValueError(f"fedala-layers = {layers}: must be in [1, {len(owners)}] (the model's layers "
+        raise ConfigError(f"fedala-layers = {layers}: must be in [1, {len(owners)}] (the model's layers "
                          f"with parameters)")
     return tuple(f"{name}.{p}" if name else p for name, m in owners[-layers:] for p, _ in m.named_parameters(
         recurse=False))

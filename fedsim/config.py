@@ -123,8 +123,9 @@ class Config:
     keep_optimizer_state: bool = _key(False, "keep each client's SGD momentum buffers across rounds (in its "
                                              "personal state, checkpointed and resumed like heads)")
     batch_size: int = _key(10, "local SGD batch size")
-    model: str = _key("auto", "client model: auto picks by input shape (cnn28 for 28x28, cnn32 for "
-                              "32x32 colour, else mlp)", REGISTRY)
+    model: str = _key("auto", "client model: auto = the dataset's own (cnn32bn for digit5 and "
+                              "digit5-synth), else by input shape (cnn28 for 28x28, cnn32 for 32x32 "
+                              "colour, else mlp)", REGISTRY)
     hidden_dim: int = _key(128, "width of the MLP body (two ReLU layers; the head is the last linear layer)")
     head_solver: str = _key("sgd", "FedRep heads: sgd, or lstsq = solved exactly by least squares "
                                    "(linear head, regression)", ("sgd", "lstsq"))
@@ -300,7 +301,7 @@ class Config:
                               f"clients 0..{sources - 1}")
         if self.partitioner == "file" and not self.split_file:
             raise ConfigError("partitioner = 'file' needs split-file = 'PATH.json'")
-        if self.split_file and not Path(self.split_file).is_file():
+        if self.partitioner == "file" and not Path(self.split_file).is_file():
             raise ConfigError(f"split-file = {self.split_file!r}: no such file")
         for name in ("num_clients", "classes_per_client", "num_rounds", "eval_every", "batch_size",
                      "hidden_dim", "linear_dim", "linear_rank", "samples_per_client",

@@ -1,8 +1,9 @@
 """TensorBoard event files of a run (``tensorboard = true``; the ``tensorboard`` extra).
 
 Every metric row becomes scalars at its round: each number (accuracy, loss, train_loss,
-the accuracy spread, val/unseen accuracy, distance, ...) under its own name, and each
-list of numbers a per-round extra (e.g. KD3A's domain weights) as ``name/<index>``.
+the accuracy spread, val/unseen accuracy, distance, ...) under its own name, each list of
+numbers as ``name/<index>`` and each dictionary of numbers (KD3A's domain weights and
+consensus focus by client id, GradNorm's client weights) as ``name/<key>``.
 Per-client dictionaries (``clients``, ``clients_loss``, ``clients_unseen``) stay in
 metrics.jsonl. ``fedsim plot`` needs none of this.
 """
@@ -34,9 +35,11 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
             continue
         if isinstance(value, numbers.Real):
             out[key] = float(value)
-        elif isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-            out.update({f"{key}/{i}": float(v) for i, v in enumerate(value)})
+        elif isinstance(value, (list, tuple, dict)) and value:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            pairs = [(k, v) for k, v in items if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+            if len(pairs) == len(value):  # numbers only (KD3A's weights by client id, GradNorm's)
+                out.update({f"{key}/{k}": float(v) for k, v in pairs})
     return out
 
 

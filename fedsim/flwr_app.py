@@ -16,7 +16,7 @@ from clients.app import app
 from fedsim.history import RunWriter
 from fedsim.placement import PlacedClientApp
 from fedsim.server import run_rounds
-from fedsim.validate import config_from_dict
+from fedsim.validate import config_from_dict, flwr_run_values
 
 server_app = ServerApp()
 client_app = PlacedClientApp(app)
@@ -27,7 +27,7 @@ def main(grid: Grid, context: Context) -> None:
     from fedsim.cli import _report
     from fedsim.simulation import _print_progress, default_out_dir
 
-    config = config_from_dict(dict(context.run_config))
+    config = config_from_dict(flwr_run_values(dict(context.run_config)))
     out = default_out_dir(config)
     out = out.with_name("flwr-" + out.name)
     writer = RunWriter(out, config.to_dict())

@@ -135,6 +135,25 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
+def flwr_run_values(run_config: dict[str, Any]) -> dict[str, Any]:
+    """Flower's run config with the strategy's and the dataset's defaults applied as
+    :func:`load_config` applies them. pyproject.toml declares every key with fedsim's
+    generic default (``flwr run --run-config`` only takes declared keys), so a key still at
+    that value counts as unset: KD3A's optimiser, linear-regression's split and solver,
+    fedrep-groups' ``affinity-every`` (a value set equal to the generic default yields to
+    them too; ``fedsim run`` tells the two apart)."""
+    out = dict(run_config)
+    load_plugins(str(out.get("plugins", "")))  # a plugin may register the dataset and its defaults
+    generic = {f.name: f.default for f in fields(Config)}
+    tables = (STRATEGY_DEFAULTS.get(str(out.get("strategy", Config.strategy)), {}),
+              DATASET_DEFAULTS.get(str(out.get("dataset", Config.dataset)), {}))
+    for table in tables:  # the strategy's first: it wins where both set a key, as in load_config
+        for name, value in table.items():
+            if out.get(key_of(name), generic[name]) == generic[name]:
+                out[key_of(name)] = value
+    return out
+
+
 def load_plugins(spec: str) -> None:
     """Import each comma-separated module name or ``.py`` path once (they register
     partitioners, datasets or algorithms). Runs in the driver and in every Ray actor."""

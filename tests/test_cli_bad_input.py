@@ -24,6 +24,7 @@ def _refused(capsys, argv):
     (["model=cnn28"], "fedsim: error: model = 'cnn28' needs C×28×28 images, the dataset has inputs of "
                       "shape (64,); use model = 'auto' or 'mlp'"),
     (["model=cnn32bn"], "fedsim: error: model = 'cnn32bn' needs C×32×32 images"),
+    (["strategy=fedala", "fedala-layers=10"], "fedsim: error: fedala-layers = 10: must be in [1, 3]"),
     (["head-solver=lstsq"], "fedsim: error: head-solver = 'lstsq' fits a regression head by least "
                             "squares, but dataset = 'digits' has class labels; use head-solver = 'sgd'"),
     (["dataset=linear-regression", "partitioner=dirichlet"],

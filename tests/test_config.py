@@ -42,7 +42,8 @@ def test_file_then_overrides(tmp_path):
         (["lr=nan"], "lr = nan: must be a finite number"),
         (["verbose=maybe"], "verbose = 'maybe': expected bool"),
         (["partitioner=file"], "partitioner = 'file' needs split-file"),
-        (["split-file=/nonexistent.json"], "split-file = '/nonexistent.json': no such file"),
+        (["partitioner=file", "split-file=/nonexistent.json"],
+         "split-file = '/nonexistent.json': no such file"),
         (["plugins=no_such_module_xyz"], "plugins: cannot import 'no_such_module_xyz'"),
     ],
 )
@@ -132,3 +133,26 @@ def test_relative_paths_are_kept_absolute_so_resume_works_from_anywhere(tmp_path
     assert config.plugins == str(tmp_path / "abs_path_plugin.py")
     assert (config.data_root, config.split_file) == (str(tmp_path / "data"), str(tmp_path / "split.json"))
     assert load_config(None, ["plugins=json"]).plugins == "json"  # a module name stays a name
+
+
+def test_flwr_run_applies_the_strategy_and_dataset_defaults_as_fedsim_run_does():
+    """pyproject.toml gives every key fedsim's generic default, so under `flwr run` the
+    defaults of the strategy (KD3A's optimiser, fedrep-groups' affinity-every) and of the
+    dataset (linear-regression's split and solver) fill the keys still at that value."""
+    from fedsim.validate import flwr_run_values
+
+    declared = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    cases = [{"strategy": "kd3a", "dataset": "digit5-synth", "partitioner": "domain",
+              "target-domain": "mnistm", "num-clients": 5},
+             {"dataset": "linear-regression"}, {"strategy": "fedrep-groups"},
+             {"strategy": "kd3a", "dataset": "digit5-synth", "partitioner": "domain",
+              "target-domain": "mnistm", "num-clients": 5, "lr": 0.2}]
+    for changes in cases:
+        sets = [f"{k}={v}" for k, v in changes.items()]
+        expected = load_config(None, sets)
+        assert config_from_dict(flwr_run_values({**declared, **changes})) == expected, changes
+
+
+def test_a_split_file_the_partitioner_does_not_read_is_only_warned_about():
+    with pytest.warns(UserWarning, match='split-file = "/nonexistent.json" has no effect here'):
+        load_config(None, ["split-file=/nonexistent.json"])

@@ -160,6 +160,11 @@ def test_event_scalars_of_a_row():
     row = {"round": 3, "accuracy": 0.5, "kd3a_weights": [0.25, 0.75], "clients": {"0": 1.0},
            "notice": "text", "round_seconds": 1.0, "dropped": 0}
     assert scalars(row) == {"accuracy": 0.5, "kd3a_weights/0": 0.25, "kd3a_weights/1": 0.75, "dropped": 0.0}
+    # KD3A's weights and focus come keyed by client id (GradNorm's client_weights too)
+    row = {"round": 1, "target_weights": {"4": 0.2}, "source_weights": {"0": 0.5, "1": 0.3},
+           "consensus_focus": {"0": 1.5, "1": 0.0}, "failures": {"0": "text"}, "clients_loss": {"0": 1.0}}
+    assert scalars(row) == {"target_weights/4": 0.2, "source_weights/0": 0.5, "source_weights/1": 0.3,
+                            "consensus_focus/0": 1.5, "consensus_focus/1": 0.0}
 
 
 def test_grid_arguments_are_checked():
