@@ -394,9 +394,9 @@ class _Actor:
         """The client declaration of the run's strategy (looked up per message)."""
         return ALGORITHMS[self.config.strategy].client
 
-    @property
+    @functools.cached_property
     def paths(self) -> dict[str, str]:
-        """Where each phase group runs (``loop`` or ``vectorized``)."""
+        """Where each phase group runs (``loop`` or ``vectorized``); fixed for the actor."""
         return engine.paths(self.model, self.spec, self.config)
 
     def cohorts(self, clients: list[int], path: str) -> list[list[int]]:
@@ -508,15 +508,22 @@ class _Actor:
 def corrupt(x: np.ndarray, y: np.ndarray, num_classes: int, config: Config, client: int):
     """A malicious source's training data: the labels of a seeded random
     ``malicious-fraction`` of its samples shifted by one class (the reference's attack
-    shifts the first m% of every batch) or, with ``malicious-mode = "noise"``, images
-    replaced by uniform noise (an irrelevant domain)."""
+    shifts the first m% of every batch) or, with ``malicious-mode = "noise"``, the images
+    of such a share replaced by uniform noise (an irrelevant domain; all of them at the
+    default fraction 1.0)."""
     rng = np.random.default_rng([config.seed, client, 4])
     if config.malicious_mode == "shift":
         shifted = rng.permutation(len(y))[: int(round(config.malicious_fraction * len(y)))]
         y = y.copy()
         y[shifted] = (y[shifted] + 1) % num_classes
         return x, y
-    return rng.random(x.shape, dtype=np.float32), y
+    noise = rng.random(x.shape, dtype=np.float32)  # drawn first: fraction 1.0 is all noise, as before
+    if config.malicious_fraction >= 1.0:
+        return noise, y
+    chosen = rng.permutation(len(y))[: int(round(config.malicious_fraction * len(y)))]
+    x = x.copy()
+    x[chosen] = noise[chosen]
+    return x, y
 
 
 @functools.lru_cache(maxsize=2)

@@ -15,7 +15,7 @@ from torch import nn
 
 from clients import vectorized
 from clients.batched import outputs
-from clients.phases import ClientSpec, Phase, submodule
+from clients.phases import ClientSpec, Phase, check_spec, submodule
 from clients.routines import MOMENTUM, evaluate, run_epochs
 from fedsim.config import Config, ConfigError
 
@@ -46,7 +46,9 @@ def choose_path(model: nn.Module, phases: tuple[Phase, ...], config: Config) -> 
 def paths(model: nn.Module, spec: ClientSpec, config: Config) -> dict[str, str]:
     """Which path ``spec``'s training and fine-tuning phases and its evaluation run (for
     summaries). Evaluation follows the fine-tuning; without one it is a forward pass,
-    vectorized wherever the model is."""
+    vectorized wherever the model is. A declaration that cannot work on ``model`` is a
+    ConfigError (:func:`clients.phases.check_spec`)."""
+    check_spec(model, spec, config)
     out = {"train": choose_path(model, spec.train, config)}
     if spec.fine_tunes(config):
         out["finetune"] = out["evaluate"] = choose_path(model, spec.finetune, config)

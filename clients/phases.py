@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedsim.config import Config
+from fedsim.config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,42 @@ class ClientSpec:
 def submodule(model: nn.Module, path: str) -> nn.Module:
     """``model`` itself for "", else its sub-module at dotted ``path``."""
     return model.get_submodule(path) if path else model
+
+
+def check_spec(model: nn.Module, spec: ClientSpec, config: Config) -> None:
+    """A ConfigError naming the phase for a declaration that cannot mean what it says on
+    ``model`` (before Ray starts): a ``forward``/``evaluates`` that is no sub-module, a
+    ``trains``/``fresh`` prefix that matches no parameter (the phase would silently train
+    nothing), an epochs or penalty key that is not a config key, negative epochs."""
+    names = [n for n, _ in model.named_parameters()]
+    roots = sorted({n.split(".")[0] + "." for n in names})
+
+    def where(phase: Phase | None) -> str:
+        return f"algorithm {config.strategy!r}" + (f", phase {phase.name!r}" if phase else "")
+
+    def is_module(path: str) -> bool:
+        try:
+            submodule(model, path)
+        except AttributeError:
+            return False
+        return True
+
+    for phase in (*spec.train, *spec.finetune):
+        if not is_module(phase.forward):
+            raise ConfigError(f"{where(phase)}: forward = {phase.forward!r} is not a sub-module of the "
+                              f"model (its parameters start with {', '.join(roots)})")
+        inside = [n for n in names if not phase.forward or n.startswith(phase.forward + ".")]
+        if not any(n.startswith(phase.trains) for n in inside):
+            raise ConfigError(f"{where(phase)}: trains = {phase.trains!r} matches no parameter of the "
+                              f"model{' under ' + repr(phase.forward) if phase.forward else ''} (its "
+                              f"parameters start with {', '.join(roots)})")
+        for what, key in (("epochs", phase.epochs), ("penalty weight", phase.prox and phase.prox.weight)):
+            if isinstance(key, str) and not hasattr(config, key):
+                raise ConfigError(f"{where(phase)}: {what} {key!r} is not a config field (use a field "
+                                  f"name like 'head_epochs', or a number / function of the config)")
+        if phase.epochs_in(config) < 0:
+            raise ConfigError(f"{where(phase)}: {phase.epochs_in(config)} epochs; must be >= 0")
+    if not is_module(spec.evaluates):
+        raise ConfigError(f"{where(None)}: evaluates = {spec.evaluates!r} is not a sub-module of the model")
+    if spec.fresh and not any(n.startswith(spec.fresh) for n in names):
+        raise ConfigError(f"{where(None)}: fresh = {spec.fresh!r} matches no parameter of the model")

@@ -169,8 +169,9 @@ class Config:
     malicious_sources: str = _key("", "comma-separated source clients to corrupt")
     malicious_mode: str = _key("shift", "how malicious sources are corrupted: shift = labels + 1, "
                                         "noise = images replaced by noise", ("shift", "noise"))
-    malicious_fraction: float = _key(1.0, "malicious-mode shift: share of the malicious source's "
-                                          "training labels shifted (a seeded random subset)")
+    malicious_fraction: float = _key(1.0, "share of a malicious source's training samples corrupted "
+                                          "(a seeded random subset): labels shifted, or images "
+                                          "replaced by noise")
     # client groups: TAG's inter-client affinity, fedrep-groups, the rotated benchmark (issue 21)
     num_rotations: int = _key(4, "partitioner rotated: planted groups; client c's train and test images are "
                                  "rotated by (c mod num-rotations)·90°")

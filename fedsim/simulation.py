@@ -156,7 +156,13 @@ def _check_before_ray(config: Config) -> None:
                           f"dataset = {config.dataset!r} has class labels; use head-solver = 'sgd'")
     engine_paths(config, data)
     _check_local_resources(config)
-    advice = getattr(strategy_class(config.strategy), "advice", None)  # a plugin's own class may lack it
+    from strategies.base import CohortFedAvg
+
+    cls = strategy_class(config.strategy)
+    if not (isinstance(cls, type) and issubclass(cls, CohortFedAvg)):
+        raise ConfigError(f"strategy {config.strategy!r}: its server class {cls!r} must subclass "
+                          f"strategies.base.CohortFedAvg (see README, Adding an algorithm)")
+    advice = getattr(cls, "advice", None)  # a plugin's own class may lack it
     for text in advice(config, [data.y[s.train] for s in splits]) if advice else []:
         warnings.warn(text, UserWarning, stacklevel=2)
 

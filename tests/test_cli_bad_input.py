@@ -99,3 +99,14 @@ def test_plot_label_must_be_a_config_key(a_run, tmp_path, capsys):
 def test_plot_to_an_unknown_image_format_is_refused(a_run, tmp_path, capsys):
     assert _refused(capsys, ["plot", str(a_run), "-o", str(tmp_path / "p.xyz")]).startswith(
         f"fedsim: error: -o '{tmp_path / 'p.xyz'}': cannot write a '.xyz' image; use one of ")
+
+
+def test_a_plugin_strategy_that_is_not_a_cohort_fedavg_is_refused(tmp_path, capsys):
+    plugin = tmp_path / "not_a_strategy_plugin.py"
+    plugin.write_text("from clients import specs\nfrom fedsim.algorithms import ALGORITHMS, Algorithm\n"
+                      "class NotAStrategy:\n    pass\n"
+                      "ALGORITHMS['not-a-strategy'] = Algorithm(NotAStrategy, specs.FEDREP)\n")
+    argv = ["run", *SMALL, "--set", f"plugins={plugin}", "--set", "strategy=not-a-strategy",
+            "--out", str(tmp_path / "r")]
+    assert "its server class <class 'not_a_strategy_plugin.NotAStrategy'> must subclass " \
+           "strategies.base.CohortFedAvg" in _refused(capsys, argv)

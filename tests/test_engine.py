@@ -1,6 +1,7 @@
 """The local-training engine: declared phases run client by client or vectorized."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from inprocess import InProcessGrid
 
 from clients import engine, specs, vectorized
 from clients.app import app
-from clients.phases import ClientSpec, Phase
+from clients.phases import ClientSpec, Phase, Prox
 from clients.routines import DittoModel
 from clients.vectorized import batch_indices, schedule
 from fedsim.algorithms import ALGORITHMS
@@ -310,3 +311,26 @@ def test_cohort_outputs_do_not_depend_on_the_neighbours_and_match_the_module():
     broadcast = {k: v[:1].expand(clients, *v.shape[1:]) for k, v in params.items()}  # read-only rows
     assert all(torch.equal(a, b) for a, b in zip(
         outputs(body, broadcast, xs), outputs(body, {k: v.contiguous() for k, v in broadcast.items()}, xs)))
+
+
+@pytest.mark.parametrize(("phase_or_spec", "message"), [
+    (Phase("head", "heda.", "head_epochs"),
+     "phase 'head': trains = 'heda.' matches no parameter of the model"),
+    (Phase("head", "head.", "head_epochs", forward="hed"),
+     "phase 'head': forward = 'hed' is not a sub-module"),
+    (Phase("head", "head.", "head_epoch"), "phase 'head': epochs 'head_epoch' is not a config field"),
+    (Phase("head", "head.", lambda c: -3), "phase 'head': -3.0 epochs; must be >= 0"),
+    (Phase("body", "body.", "body_epochs", prox=Prox("fedprox_mu_typo")),
+     "phase 'body': penalty weight 'fedprox_mu_typo' is not a config field"),
+    (ClientSpec(train=(Phase("all", "", "local_epochs"),), evaluates="persnal"),
+     "evaluates = 'persnal' is not a sub-module"),
+])
+def test_a_declaration_that_cannot_work_is_refused_naming_the_phase(phase_or_spec, message):
+    """A phase whose prefix matches no parameter used to be skipped without a word (the
+    run ended at chance accuracy, exit 0); the other mistakes failed inside Ray, client by
+    client. Each is a ConfigError before anything runs."""
+    spec = phase_or_spec if isinstance(phase_or_spec, ClientSpec) else ClientSpec(train=(phase_or_spec,))
+    config = Config(num_clients=4)
+    model = build_model(load_dataset(config), config.hidden_dim, config.seed)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        engine.paths(model, spec, config)

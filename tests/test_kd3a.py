@@ -319,3 +319,20 @@ def test_a_targets_head_starts_from_the_mean_of_the_heads_of_its_first_vote(tmp_
         np.testing.assert_allclose(kept, sum(heads) / len(heads), rtol=1e-6, atol=1e-7)
     else:
         np.testing.assert_array_equal(kept, initial)
+
+
+def test_malicious_fraction_corrupts_that_share_of_images_in_noise_mode():
+    """malicious-fraction used to be read in shift mode only: noise at fraction 0.0 and
+    0.3 replaced every image. Now it replaces exactly round(f·n) images (all at 1.0)."""
+    from clients.app import corrupt
+
+    config = load_config(None, [*SETTING, "malicious-mode=noise"])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 3, 4, 4), dtype=np.float32) + 2.0, np.arange(40) % 10  # images outside [0, 1)
+    for fraction, changed in ((0.0, 0), (0.3, 12), (1.0, 40)):
+        cx, cy = corrupt(x, y, 10, config.replace(malicious_fraction=fraction), client=1)
+        assert int((cx != x).any(axis=(1, 2, 3)).sum()) == changed
+        np.testing.assert_array_equal(cy, y)  # labels untouched in noise mode
+    every = corrupt(x, y, 10, config, client=1)[0]  # fraction 1.0: the same noise as before this change
+    expected = np.random.default_rng([config.seed, 1, 4]).random(x.shape, dtype=np.float32)
+    np.testing.assert_array_equal(every, expected)
