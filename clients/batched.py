@@ -57,10 +57,22 @@ def _apply(module: nn.Module, prefix: str, params: dict[str, torch.Tensor], x: t
 
 
 def forward_of(module: nn.Module) -> Forward:
-    """``f(params, x)`` running ``module`` for every client of a cohort."""
+    """``f(params, x)`` running ``module`` for every client of a cohort. Under vmap a
+    cohort of one client runs the plain convolution and any larger one a grouped
+    convolution, whose rounding differs (~1e-8 in outputs, ~1e-9 in a round's loss), so a
+    lone client is run as a cohort of two (itself twice; the copy's output is dropped and
+    adds an exact zero to its gradients): its numbers then do not depend on its cohort."""
     if hand_batched(module):
         return lambda params, x: batched_forward(module, params, x)
-    return vmap(lambda params, x: functional_call(module, params, (x,)))
+    mapped = vmap(lambda params, x: functional_call(module, params, (x,)))
+
+    def run(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            return mapped(params, x)
+        twice = {k: v.expand(2, *v.shape[1:]) for k, v in params.items()}
+        return mapped(twice, x.expand(2, *x.shape[1:]))[:1]
+
+    return run
 
 
 @torch.no_grad()
