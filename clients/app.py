@@ -394,9 +394,9 @@ class _Actor:
         """The client declaration of the run's strategy (looked up per message)."""
         return ALGORITHMS[self.config.strategy].client
 
-    @functools.cached_property
+    @property
     def paths(self) -> dict[str, str]:
-        """Where each phase group runs (``loop`` or ``vectorized``); fixed for the actor."""
+        """Where each phase group runs (``loop`` or ``vectorized``)."""
         return engine.paths(self.model, self.spec, self.config)
 
     def cohorts(self, clients: list[int], path: str) -> list[list[int]]:

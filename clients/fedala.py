@@ -30,7 +30,7 @@ def top_parameters(module: nn.Module, layers: int) -> tuple[str, ...]:
     owners = [(name, m) for name, m in module.named_modules() if any(True for _ in m.parameters(False))]
     if not 1 <= layers <= len(owners):
         raise ConfigError(f"fedala-layers = {layers}: must be in [1, {len(owners)}] (the model's layers "
-                         f"with parameters)")
+                          f"with parameters)")
     return tuple(f"{name}.{p}" if name else p for name, m in owners[-layers:] for p, _ in m.named_parameters(
         recurse=False))
 
