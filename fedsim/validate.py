@@ -42,14 +42,15 @@ REGISTRIES: dict[str, Any] = {
     "strategy": ALGORITHMS, "dataset": DATASETS, "partitioner": PARTITIONERS, "model": MODELS,
 }
 """Config key -> the registry whose names it may take (read live: plugins add names)."""
+BUILTIN_NAMES = {key: tuple(registry) for key, registry in REGISTRIES.items()}  # before any plugin
 
 
-def choices(key: str) -> list[str] | None:
-    """The values config key ``key`` allows now (registry names included), or None when
-    any value of its type is allowed."""
+def choices(key: str, builtin: bool = False) -> list[str] | None:
+    """The values config key ``key`` allows now (registry names included; ``builtin``:
+    only fedsim's own, not a plugin's), or None when any value of its type is allowed."""
     declared = declared_choices(key)
     if declared == REGISTRY:
-        return list(REGISTRIES[key])
+        return list(BUILTIN_NAMES[key] if builtin else REGISTRIES[key])
     return list(declared) if declared else None
 
 
@@ -177,9 +178,10 @@ def load_plugins(spec: str) -> None:
             raise ConfigError(f"plugins: cannot import {item!r}: {exc}") from exc
 
 
-def describe(key: str, quote: str = "") -> str:
-    """``key``'s meaning and, for a choice key, its allowed values (each in ``quote``)."""
-    allowed = choices(key)
+def describe(key: str, quote: str = "", builtin: bool = False) -> str:
+    """``key``'s meaning and, for a choice key, its allowed values (each in ``quote``;
+    ``builtin``: fedsim's own names only)."""
+    allowed = choices(key, builtin)
     if not allowed:
         return meaning(key)
     return f"{meaning(key)}; one of: {', '.join(f'{quote}{v}{quote}' for v in allowed)}"
@@ -201,7 +203,7 @@ def config_table() -> str:
     for f in fields(Config):
         value = f.default
         shown = "" if value == "" else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        text = describe(key_of(f.name), "`").replace("|", "\\|")  # a pipe would end the cell
+        text = describe(key_of(f.name), "`", builtin=True).replace("|", "\\|")  # a pipe would end the cell
         rows.append(f"| `{key_of(f.name)}` | {shown} | {text} |")
     return "\n".join(rows) + "\n"
 
