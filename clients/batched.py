@@ -56,6 +56,58 @@ def _apply(module: nn.Module, prefix: str, params: dict[str, torch.Tensor], x: t
     return x
 
 
+def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The layers :func:`batched_forward` runs, in order, with their name prefixes."""
+    if isinstance(module, (nn.Sequential, SplitModel)):
+        return [leaf for name, child in module.named_children()
+                for leaf in _leaves(child, f"{prefix}{name}.")]
+    return [(prefix, module)]
+
+
+def cross_entropy_step(
+    module: nn.Module, params: dict[str, torch.Tensor], trained: list[str], x: torch.Tensor,
+    y: torch.Tensor, weight: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The log-probabilities [C, B, K] of a hand-batched ``module`` (parameters
+    ``params[name]`` [C, ...], names relative to it) on ``x`` [C, B, ...], and the exact
+    gradients for the ``trained`` names of Σ_b weight[c, b] · cross-entropy(x[c, b],
+    y[c, b]) (``weight``: 1/n for a client's n real samples, 0 for padding and for clients
+    that take no step): the backward pass written out, (softmax − one-hot) · weight back
+    through the layers as batched matmuls, ReLU masks and reshapes, stopping at the first
+    trained layer. For small models autograd's bookkeeping costs about as much as the
+    maths (FedRep's body step on 50 digits clients: 4.7 against 5.8 ms)."""
+    leaves = _leaves(module)
+    wanted = set(trained)
+    first = min(i for i, (prefix, _) in enumerate(leaves)
+                if any(name.startswith(prefix) for name in wanted))
+    with torch.no_grad():
+        inputs = []
+        h = x
+        for prefix, layer in leaves:
+            inputs.append(h)
+            h = _apply(layer, prefix, params, h)
+        log_p = h.log_softmax(-1)
+        delta = log_p.exp()
+        minus_one = torch.full((*y.shape, 1), -1.0, dtype=delta.dtype, device=y.device)
+        delta.scatter_add_(2, y.unsqueeze(2), minus_one)
+        delta = delta * weight.unsqueeze(2)
+        grads: dict[str, torch.Tensor] = {}
+        for i in range(len(leaves) - 1, first - 1, -1):
+            prefix, layer = leaves[i]
+            if isinstance(layer, nn.Linear):
+                if f"{prefix}weight" in wanted:
+                    grads[f"{prefix}weight"] = torch.bmm(delta.transpose(1, 2), inputs[i])
+                if f"{prefix}bias" in wanted:
+                    grads[f"{prefix}bias"] = delta.sum(1)
+                if i > first:
+                    delta = torch.bmm(delta, params[f"{prefix}weight"])
+            elif isinstance(layer, nn.ReLU):
+                delta = delta * (inputs[i] > 0)
+            elif isinstance(layer, nn.Flatten):
+                delta = delta.view(inputs[i].shape)
+        return log_p, [grads[name] for name in trained]
+
+
 def forward_of(module: nn.Module) -> Forward:
     """``f(params, x)`` running ``module`` for every client of a cohort. Under vmap a
     cohort of one client runs the plain convolution and any larger one a grouped

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from inprocess import InProcessGrid
+from torch import nn
 
 from clients import engine, specs, vectorized
 from clients.app import app
@@ -239,25 +240,36 @@ def test_summary_says_which_path_ran_and_on_fails_before_ray(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "bn" / "metrics.jsonl").exists()
 
 
-def test_linear_softmax_step_is_the_exact_cross_entropy_gradient():
-    from clients.vectorized import linear_softmax_step
+@pytest.mark.parametrize("trained", [["weight", "bias"], ["3.weight"], ["1.weight", "1.bias", "3.bias"]])
+def test_cross_entropy_step_is_the_exact_cross_entropy_gradient(trained):
+    """The written-out backward pass of a hand-batched module equals autograd's, client by
+    client, for a lone head and for an MLP trained in part (FedRep's body step trains
+    the layers before a frozen head); padding and inactive clients add nothing."""
+    from clients.batched import cross_entropy_step
+    from clients.vectorized import mean_nll
 
     g = torch.Generator().manual_seed(0)
-    weight, bias = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, generator=g)
-    x, y = torch.randn(2, 5, 4, generator=g), torch.tensor([[0, 2, 1, 1, 0], [2, 2, 0, 1, 1]])
+    torch.manual_seed(0)
+    module = nn.Linear(4, 3) if trained[0] == "weight" else nn.Sequential(
+        nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    params = {k: torch.randn(2, *v.shape, generator=g) for k, v in module.named_parameters()}
+    x = torch.randn(2, 5, 4, generator=g) if trained[0] == "weight" else torch.randn(2, 5, 2, 2, generator=g)
+    y = torch.tensor([[0, 2, 1, 1, 0], [2, 2, 0, 1, 1]])
     n = torch.tensor([5, 3])  # client 1 has 3 real samples, 2 padding
     mask = (torch.arange(5) < n.unsqueeze(1)).float()
-    loss, (g_weight, g_bias) = linear_softmax_step(weight, bias, x, y, mask, n, torch.tensor([True, True]))
+    log_p, grads = cross_entropy_step(module, params, trained, x, y, mask / n.unsqueeze(1))
+    loss = mean_nll(log_p, y, mask, n)
     for c in range(2):
-        w, b = weight[c].clone().requires_grad_(), bias[c].clone().requires_grad_()
-        expected = torch.nn.functional.cross_entropy(x[c, : n[c]] @ w.T + b, y[c, : n[c]])
+        own = {k: v[c].clone().requires_grad_(k in trained) for k, v in params.items()}
+        out = torch.func.functional_call(module, own, (x[c, : n[c]],))
+        expected = nn.functional.cross_entropy(out, y[c, : n[c]])
         expected.backward()
         torch.testing.assert_close(loss[c], expected.detach(), rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(g_weight[c], w.grad, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(g_bias[c], b.grad, rtol=1e-5, atol=1e-7)
-    only_first = torch.tensor([True, False])
-    _, (idle_weight, idle_bias) = linear_softmax_step(weight, bias, x, y, mask, n, only_first)
-    assert idle_weight[1].abs().sum() == 0 and idle_bias[1].abs().sum() == 0  # inactive: no gradient
+        for name, grad in zip(trained, grads):
+            torch.testing.assert_close(grad[c], own[name].grad, rtol=1e-5, atol=1e-7)
+    only_first = mask / n.unsqueeze(1) * torch.tensor([[1], [0]])
+    _, idle = cross_entropy_step(module, params, trained, x, y, only_first)
+    assert all(grad[1].abs().sum() == 0 for grad in idle)  # weight 0 (a client taking no step): no gradient
 
 
 def test_quickstart_final_accuracy_is_the_same_vectorized_and_client_by_client(tmp_path):
