@@ -32,7 +32,7 @@ from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.placement import choose_device
 from fedsim.validate import config_from_dict
-from fedsim.wire import pack_client_arrays, split_client_arrays
+from fedsim.wire import from_array, pack_client_arrays, split_client_arrays, to_array
 
 app = ClientApp()
 CHUNK = 128  # most clients trained at once
@@ -261,7 +261,7 @@ def _evaluation(
     round's evaluation sent along with a train message (see :func:`fedsim.server.run_rounds`)."""
     actor = _actor(config.to_json())
     clients = [int(c) for c in record["clients"]]  # type: ignore[union-attr]
-    shared = unpack_groups(arrays.to_torch_state_dict(), record)
+    shared = unpack_groups(_tensors(arrays), record)
     server_round = int(record["server-round"])
     unseen = {int(c) for c in record.get("unseen", [])}
     results = actor.evaluate(clients, shared, personal, server_round, unseen)
@@ -283,8 +283,13 @@ def _unpack(msg: Message) -> tuple[Config, list[int], dict[str, torch.Tensor]]:
     record = msg.content["config"]
     config = config_from_dict(json.loads(str(record["run-config"])))
     clients = [int(c) for c in record["clients"]]  # type: ignore[union-attr]
-    shared = unpack_groups(msg.content["arrays"].to_torch_state_dict(), record)  # fedrep-groups
+    shared = unpack_groups(_tensors(msg.content["arrays"]), record)  # fedrep-groups
     return config, clients, shared
+
+
+def _tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """``arrays.to_torch_state_dict()`` with one copy (:func:`fedsim.wire.from_array`)."""
+    return {name: torch.from_numpy(from_array(array)) for name, array in arrays.items()}
 
 
 def _client_seed(seed: int, server_round: int, client: int, stream: int = 0) -> int:
@@ -436,7 +441,7 @@ class _Actor:
                     out[name].append(stack.detach().cpu().numpy())
                 else:
                     personal.put_rows(cohort, name, stack.detach().cpu().numpy())
-        arrays = ArrayRecord({n: Array(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        arrays = ArrayRecord({n: to_array(parts[0] if len(parts) == 1 else np.concatenate(parts))
                               for n, parts in out.items() if parts})
         return done, losses, arrays
 

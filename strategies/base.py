@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -27,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedsim.config import Config
-from fedsim.wire import split_client_arrays
+from fedsim.wire import split_client_arrays, to_array
 from strategies.aggregate import sample_clients, weighted_average
 from strategies.gradnorm import GradNormWeights
 
@@ -59,7 +58,8 @@ class CohortFedAvg(FedAvg):
 
     def average(self, weights: list[float], updates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The server's new arrays from the clients' updates (in client order) and their
-        training-set sizes: the sample-weighted average (FedAvg)."""
+        training-set sizes: the sample-weighted average (FedAvg). The updates are
+        read-only views of the replies' bytes: copy one to change it."""
         return weighted_average(weights, updates)
 
     def state_dict(self) -> dict:
@@ -159,7 +159,7 @@ class CohortFedAvg(FedAvg):
         reports: dict[int, tuple[float, float]] = {}  # GradNorm: (loss, norm) at the received model
         for msg in valid:
             metrics = msg.content["metrics"]
-            sent = split_client_arrays(msg.content[self.arrayrecord_key], metrics["client-ids"])
+            sent = split_client_arrays(msg.content[self.arrayrecord_key], metrics["client-ids"], copy=False)
             for client, n, loss in zip(
                 metrics["client-ids"], metrics["client-examples"], metrics["train-loss"]
             ):
@@ -187,7 +187,7 @@ class CohortFedAvg(FedAvg):
         total = sum(weights.values())
         train_loss = sum(weights[c] * losses[c] for c in order) / total
         metrics = MetricRecord({"train-loss": train_loss, "num-examples": int(total)})
-        return ArrayRecord({k: Array(v) for k, v in averaged.items()}), metrics
+        return ArrayRecord({k: to_array(v) for k, v in averaged.items()}), metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedsim.wire import pack_client_arrays, split_client_arrays
+from fedsim.wire import pack_client_arrays, split_client_arrays, to_array
 from strategies.aggregate import weighted_average
 from strategies.base import CohortFedAvg
 from strategies.consensus import domain_weights, ema_momentum, smooth_weights
@@ -177,7 +177,7 @@ class KD3A(CohortFedAvg):
                     f"{self.config.kd3a_gate_end}), so the targets learned nothing this round and the "
                     f"sources got equal weights. Train the sources more (num-rounds, lr, "
                     f"synth-per-class) or lower the gate.", stacklevel=2)
-        return ArrayRecord({k: Array(np.asarray(v)) for k, v in averaged.items()}), source_metrics
+        return ArrayRecord({k: to_array(v) for k, v in averaged.items()}), source_metrics
 
     def round_metrics(self) -> dict:
         return self._last

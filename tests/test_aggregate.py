@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from flwr.app import Array
 
-from fedsim.wire import pack_client_arrays, split_client_arrays
+from fedsim.wire import from_array, pack_client_arrays, split_client_arrays, to_array
 from strategies.aggregate import sample_clients, weighted_average
 
 
@@ -57,3 +58,23 @@ def test_pack_and_split_client_arrays_round_trip():
     assert split_client_arrays(pack_client_arrays({1: {}, 4: {}}), [1, 4]) == {1: {}, 4: {}}
     with pytest.raises(ValueError, match="holds 2 clients, expected 3"):
         split_client_arrays(record, [7, 2, 5])
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.array(2.5), np.arange(3, dtype=np.int64),
+    np.zeros((2, 0), dtype=np.float32), np.array([True, False]), np.arange(6.0).reshape(2, 3).T,
+])
+def test_to_array_and_from_array_are_flowers_format_with_fewer_copies(value):
+    """to_array writes the bytes Flower's Array(ndarray) writes (np.save's .npy);
+    from_array reads what Array.numpy() reads, as a writable copy or a read-only view."""
+    ours, flowers = to_array(value), Array(value)
+    assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+    if value.flags.c_contiguous:  # np.save writes a transposed array in Fortran order
+        assert ours.data == flowers.data
+    for array in (ours, flowers):
+        for copy in (True, False):
+            back = from_array(array, copy=copy)
+            assert back.dtype == value.dtype and back.shape == value.shape and np.array_equal(back, value)
+            if array is ours or value.flags.c_contiguous:  # else np.load's own (Fortran order)
+                assert back.flags.writeable == copy
+    np.testing.assert_array_equal(ours.numpy(), value)
