@@ -34,4 +34,5 @@ def test_a_local_ray_passes_one_model_inside_the_task_and_a_cluster_keeps_its_se
     assert calls[0]["address"] == "local" and calls[0]["_system_config"] is LOCAL_RAY_CONFIG
     # a digits model (104 KB) goes inline; a node's reply of 50 of them does not
     assert 110_000 < LOCAL_RAY_CONFIG["max_direct_call_object_size"] < 50 * 104_000
+    assert LOCAL_RAY_CONFIG["task_events_report_interval_ms"] == 0  # unread; flushed at shutdown
     assert calls[1]["address"] == "10.0.0.1:6379" and "_system_config" not in calls[1]
