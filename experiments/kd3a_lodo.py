@@ -131,6 +131,9 @@ def lodo(args, out: Path) -> str:
         for v in variants:
             results[v][target] = [results[v][target][s] for s in done]
     targets = [t for t in targets if results[variants[0]][t]]
+    if not targets:
+        raise SystemExit(f"kd3a_lodo: no target has a seed that every variant completed in {out / 'runs'}"
+                         + (" (--reuse-only runs nothing)" if args.reuse_only else ""))
     lines = [f"| target | seeds | {' | '.join(variants)} |", "|---|---|" + "---|" * len(variants)]
     for target in targets:
         lines.append(f"| {target} | {len(results[variants[0]][target])} | "
