@@ -23,45 +23,40 @@ Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 CHUNK = 16  # rows per matmul when a client's whole data set runs through a module
 
 
+def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The layers of ``module`` in the order they run (Sequential and SplitModel, body
+    then head, opened up), with their parameter-name prefixes."""
+    if isinstance(module, (nn.Sequential, SplitModel)):
+        return [leaf for name, child in module.named_children()
+                for leaf in _leaves(child, f"{prefix}{name}.")]
+    return [(prefix, module)]
+
+
 def hand_batched(module: nn.Module) -> bool:
     """Whether :func:`batched_forward` can run ``module`` with hand-written batched ops."""
-    if isinstance(module, nn.Flatten):
-        return module.start_dim == 1 and module.end_dim == -1
-    if isinstance(module, (nn.Linear, nn.ReLU, nn.Identity)):
-        return True
-    if isinstance(module, (nn.Sequential, SplitModel)):
-        return all(hand_batched(child) for child in module.children())
-    return False
+    return all((isinstance(layer, nn.Flatten) and layer.start_dim == 1 and layer.end_dim == -1)
+               or isinstance(layer, (nn.Linear, nn.ReLU, nn.Identity)) for _, layer in _leaves(module))
 
 
 def batched_forward(module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``module(x[c])`` with parameters ``params[name][c]`` for every client c at once;
     ``x`` is [C, B, ...], names are relative to ``module``."""
-    return _apply(module, "", params, x)
-
-
-def _apply(module: nn.Module, prefix: str, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.Linear):
-        weight = params[f"{prefix}weight"].transpose(1, 2)
-        bias = params.get(f"{prefix}bias")
-        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
-    if isinstance(module, nn.ReLU):
-        return torch.relu(x)
-    if isinstance(module, nn.Flatten):
-        return x.flatten(2)
-    if isinstance(module, nn.Identity):
-        return x
-    for name, child in module.named_children():  # Sequential, SplitModel (body, then head)
-        x = _apply(child, f"{prefix}{name}.", params, x)
+    for prefix, layer in _leaves(module):
+        x = _apply(layer, prefix, params, x)
     return x
 
 
-def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """The layers :func:`batched_forward` runs, in order, with their name prefixes."""
-    if isinstance(module, (nn.Sequential, SplitModel)):
-        return [leaf for name, child in module.named_children()
-                for leaf in _leaves(child, f"{prefix}{name}.")]
-    return [(prefix, module)]
+def _apply(layer: nn.Module, prefix: str, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """One layer of :func:`hand_batched`'s kinds on every client's rows."""
+    if isinstance(layer, nn.Linear):
+        weight = params[f"{prefix}weight"].transpose(1, 2)
+        bias = params.get(f"{prefix}bias")
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    if isinstance(layer, nn.ReLU):
+        return torch.relu(x)
+    if isinstance(layer, nn.Flatten):
+        return x.flatten(2)
+    return x  # Identity
 
 
 def cross_entropy_step(
