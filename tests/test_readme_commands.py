@@ -247,3 +247,12 @@ def test_the_committed_50_round_kd3a_runs_rebuild_their_table(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| mnistm | kd3a | +2.24 | +0.72 / +1.92 / +3.60 / +0.88 / +4.08 | 5/5 |" in done.stdout
     assert "| mnist | kd3a | +2.00 | +1.44 / +3.68 / +0.80 / +0.40 / +3.68 | 5/5 |" in done.stdout
+
+
+def test_kd3a_lodo_reuse_only_with_nothing_completed_says_so(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "experiments/kd3a_lodo.py", "--targets", "mnist", "--seeds", "0", "--out",
+         str(tmp_path / "empty"), "--reuse-only"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "no target has a seed that every variant completed" in done.stderr
+    assert "--reuse-only runs nothing" in done.stderr and "Traceback" not in done.stderr
