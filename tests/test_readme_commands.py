@@ -255,6 +255,14 @@ def test_the_committed_50_round_kd3a_runs_rebuild_their_table(tmp_path):
         assert row in done.stdout
     assert (out / "table-source-only+kd3a.md").read_text() == (
         ROOT / "experiments/results/kd3a_lodo_50_rounds/table-source-only+kd3a.md").read_text()
+    ablation = subprocess.run(
+        [sys.executable, "experiments/kd3a_lodo.py", "--rounds", "50", "--seeds", "0,1,2",
+         "--variants", "source-only,adabn,no-focus,kd3a", "--out", str(out), "--reuse-only"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ablation.returncode == 0, ablation.stderr
+    assert "| **mean over targets** | no-focus | +10.34 | | |" in ablation.stdout
+    name = "table-source-only+adabn+no-focus+kd3a.md"
+    assert (out / name).read_text() == (ROOT / "experiments/results/kd3a_lodo_50_rounds" / name).read_text()
 
 
 def test_kd3a_lodo_reuse_only_with_nothing_completed_says_so(tmp_path):
