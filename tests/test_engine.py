@@ -200,6 +200,40 @@ def test_cosine_schedule_anneals_lr_to_lr_min_over_the_rounds():
         Config(lr=0.05, lr_min=0.1).check()
 
 
+@pytest.mark.parametrize("spec", [specs.FEDREP, specs.FEDPROX, specs.DITTO],
+                         ids=["fedrep", "fedprox", "ditto"])
+def test_a_cohort_trained_in_cache_sized_parts_gets_the_numbers_of_one_call(monkeypatch, spec):
+    model = DittoModel(mlp(6, 16, 3), mlp(6, 16, 3)) if spec is specs.DITTO else mlp(6, 16, 3)
+    config = Config(batch_size=4, head_epochs=2, body_epochs=1, momentum=0.9, keep_optimizer_state=True,
+                    fedprox_mu=0.1, ditto_lambda=0.1)
+    sizes = [9, 4, 17, 2, 11, 6, 3]
+    xs, ys = cohort_data(sizes)
+    initial = stacked(model, len(sizes))
+    initial.update({engine.MOMENTUM + n: torch.zeros_like(initial[n]) for n, _ in model.named_parameters()})
+    per_client = sum(p.numel() * 4 for p in model.parameters())
+    results = {}
+    for budget in (10**9, 3 * per_client):  # one part; parts of 3, 3 and 1 clients
+        monkeypatch.setattr(engine, "PART_BYTES", budget)
+        monkeypatch.setattr(engine, "MIN_PART", 2)
+        states = {k: v.clone() for k, v in initial.items()}
+        losses = engine.train_cohort(model, spec.train, states, xs, ys, config, generators(len(sizes)),
+                                     engine.VECTORIZED)
+        results[budget] = (states, losses)
+    assert engine.cache_sized_parts(model, len(sizes)) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    (whole, whole_losses), (parts, part_losses) = results.values()
+    assert part_losses == whole_losses and not any(math.isnan(v) for v in whole_losses)
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
+
+
+def test_cache_sized_parts_cut_only_models_that_fit_the_budget_many_times():
+    small = mlp(64, 128, 10)  # the digits MLP: 104 KB, 30 fit in PART_BYTES
+    assert engine.cache_sized_parts(small, 50) == [slice(0, 25), slice(25, 50)]
+    assert engine.cache_sized_parts(small, 30) == [slice(0, 30)]
+    assert engine.cache_sized_parts(small, 0) == [slice(0, 0)]
+    assert engine.cache_sized_parts(mlp(784, 200, 10), 50) == [slice(0, 50)]  # < MIN_PART per part
+
+
 @pytest.mark.parametrize("path", [engine.LOOP, engine.VECTORIZED])
 def test_kept_momentum_makes_two_rounds_one_continuous_optimiser(path):
     # 2 rounds of 1 epoch with kept momentum = 1 run of 2 epochs (same shuffling stream)
