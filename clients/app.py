@@ -31,6 +31,7 @@ from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.placement import choose_device
+from fedsim.summation import block_sums
 from fedsim.validate import config_from_dict
 from fedsim.wire import from_array, pack_client_arrays, split_client_arrays, to_array
 
@@ -122,24 +123,48 @@ def train(msg: Message, context: Context) -> Message:
         else:
             cohort.append(client)
     reports = actor.gradnorm_reports(cohort, shared, personal) if config.aggregation == "gradnorm" else {}
-    done, losses, arrays = actor.train(cohort, shared, personal, server_round, failed, errors)
+    done, losses, stacks = actor.train(cohort, shared, personal, server_round, failed, errors)
     personal.save(context)
     examples = [len(actor.tensors(c)[1]) for c in done]
     metrics = MetricRecord({
         "num-examples": sum(examples), "client-ids": done, "client-examples": examples,
         "train-loss": losses,
     })
+    sums = None
+    if "sum-blocks" in msg.content["config"]:  # the whole blocks this node holds, summed here
+        blocks = dict(zip(clients, msg.content["config"]["sum-blocks"]))
+        stacks, sums, metrics["sent-ids"], metrics["block-ids"] = _sum_blocks(done, examples, stacks, blocks)
+    arrays = ArrayRecord({name: to_array(stack) for name, stack in stacks.items()})
     if reports:  # GradNorm: each client's loss and gradient norm at the received model
         metrics["client-start-loss"] = [reports[c][0] for c in done]
         metrics["client-grad-norm"] = [reports[c][1] for c in done]
     failures = ConfigRecord({"failed": failed, "errors": errors, "dropped": dropped})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "failures": failures})
+    if sums is not None:
+        content["sums"] = sums
     if evaluation is not None:
         content["evaluation"] = evaluation
     if msg.content["config"].get("send-personal", False):  # KD3A: the heads, for the targets' vote only
         names = [n for n in actor.initial if n not in shared]
         content["personal"] = pack_client_arrays({c: {n: personal.get(c, n) for n in names} for c in done})
     return Message(content, reply_to=msg)
+
+
+def _sum_blocks(
+    done: list[int], examples: list[int], stacks: dict[str, np.ndarray], blocks: dict[int, int]
+) -> tuple[dict[str, np.ndarray], ArrayRecord, list[int], list[int]]:
+    """Split a cohort's stacked updates into the clients that reply alone (block -1) and
+    the sums of the blocks this node holds whole (:mod:`fedsim.summation`): (the alone
+    clients' stacks, the block sums stacked in block order, the alone ids, the block ids)."""
+    alone = [i for i, c in enumerate(done) if blocks[c] < 0]
+    summed = [i for i, c in enumerate(done) if blocks[c] >= 0]
+    sums = block_sums([examples[i] for i in summed], [{n: s[i] for n, s in stacks.items()} for i in summed],
+                      [blocks[done[i]] for i in summed])
+    ids = sorted(sums)
+    record = ArrayRecord({name: to_array(np.stack([sums[b][name] for b in ids]))
+                          for name in (stacks if ids else ())})
+    rest = {n: s[alone] for n, s in stacks.items()} if summed else stacks
+    return rest, record, [done[i] for i in alone], ids
 
 
 @app.train("distill")
@@ -416,7 +441,7 @@ class _Actor:
     def train(
         self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal,
         server_round: int, failed: list[int], errors: list[str],
-    ) -> tuple[list[int], list[float], ArrayRecord]:
+    ) -> tuple[list[int], list[float], dict[str, np.ndarray]]:
         """Train ``clients`` (their personal parts updated in ``personal``); returns the
         clients that completed, their losses and their shared arrays (stacked in that
         order). A client that raises is added to ``failed`` with its error."""
@@ -441,9 +466,8 @@ class _Actor:
                     out[name].append(stack.detach().cpu().numpy())
                 else:
                     personal.put_rows(cohort, name, stack.detach().cpu().numpy())
-        arrays = ArrayRecord({n: to_array(parts[0] if len(parts) == 1 else np.concatenate(parts))
-                              for n, parts in out.items() if parts})
-        return done, losses, arrays
+        return done, losses, {n: parts[0] if len(parts) == 1 else np.concatenate(parts)
+                              for n, parts in out.items() if parts}
 
     def evaluate(
         self, clients: list[int], shared: dict[str, torch.Tensor], personal: Personal, server_round: int,

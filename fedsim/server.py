@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 import sys
 import time
@@ -230,16 +229,23 @@ def model_bytes(model, shared: set[str]) -> dict[str, int]:
 
 def assign_nodes(loads: list[int], nodes: int) -> list[int]:
     """The node (0 … ``nodes`` - 1) of every client, given its load (training samples):
-    heaviest first onto the least-loaded node, ties to the lowest index (the
-    longest-processing-time rule). With lognormal client sizes, client ``c % nodes``
-    left one node's cohort up to 1.5x longer than the other's, and the round waits for
-    the slowest node."""
-    heap = [(0, node) for node in range(nodes)]
-    out = [0] * len(loads)
-    for client in sorted(range(len(loads)), key=lambda c: (-loads[c], c)):
-        total, node = heapq.heappop(heap)
-        out[client] = node
-        heapq.heappush(heap, (total + loads[client], node))
+    consecutive clients to one node, so that a node holds whole blocks of a round's
+    client list and sums them (:mod:`fedsim.summation`), balanced by load: client c goes
+    to the node whose equal share of the total load holds the middle of c's, and every
+    node gets a client when there are enough. With lognormal client sizes, client
+    ``c % nodes`` left one node's cohort up to 1.5x longer than the other's, and the
+    round waits for the slowest node."""
+    count = len(loads)
+    if count <= nodes:
+        return list(range(count))
+    total = float(sum(loads)) or 1.0
+    out, done, node = [], 0.0, 0
+    for client, load in enumerate(loads):
+        share = min(nodes - 1, int((done + load / 2) * nodes / total))
+        if client:  # one node further at most, and far enough on to leave one client per node
+            node = max(nodes - (count - client), min(node + 1, max(node, share)))
+        out.append(node)
+        done += load
     return out
 
 

@@ -6,25 +6,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedsim.summation import block_of, block_sums, combine
+
 
 def weighted_average(
-    weights: Sequence[float], updates: Sequence[dict[str, np.ndarray]]
+    weights: Sequence[float], updates: Sequence[dict[str, np.ndarray]],
+    blocks: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Σᵢ wᵢ·uᵢ / Σᵢ wᵢ per key, summed in float64 in the given order, cast back to each
-    array's dtype. All updates must have the same keys and shapes."""
+    """Σᵢ wᵢ·uᵢ / Σᵢ wᵢ per key, summed in float64 in blocks (:mod:`fedsim.summation`;
+    update i's block is ``blocks[i]``, by default its position in the list // BLOCK),
+    cast back to each array's dtype. All updates must have the same keys and shapes."""
     if len(weights) != len(updates) or not updates:
         raise ValueError(f"need one weight per update, got {len(weights)} and {len(updates)}")
     total = float(np.sum(np.asarray(weights, dtype=np.float64)))
     if not total > 0:
         raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
-    keys = updates[0].keys()  # may be empty: nothing shared, nothing to average
-    out = {}
-    for key in keys:
-        acc = np.zeros(updates[0][key].shape, dtype=np.float64)
-        for w, update in zip(weights, updates):
-            acc += float(w) * update[key].astype(np.float64)
-        out[key] = np.asarray(acc / total).astype(updates[0][key].dtype)  # 0-d stays an array
-    return out
+    if blocks is None:
+        blocks = [block_of(i) for i in range(len(updates))]
+    dtypes = {key: np.asarray(value).dtype for key, value in updates[0].items()}
+    return combine(block_sums(weights, updates, blocks), total, dtypes)
 
 
 def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:

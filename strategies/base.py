@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedsim.config import Config
+from fedsim.summation import block_of, block_sums, combine
 from fedsim.wire import split_client_arrays, to_array
 from strategies.aggregate import sample_clients, weighted_average
 from strategies.gradnorm import GradNormWeights
@@ -39,6 +40,17 @@ class CohortFedAvg(FedAvg):
     :meth:`shares`; keys the server does not send stay personal on the client.
     """
 
+    node_sums = True
+    """Whether nodes may reply with block sums of their clients' updates instead of the
+    updates (:mod:`fedsim.summation`): only for the plain sample-weighted average. A
+    subclass that overrides :meth:`average` or :meth:`aggregate_train` gets False unless
+    it sets this itself (FedRep, which only post-processes the average, does)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "node_sums" not in cls.__dict__ and {"average", "aggregate_train"} & cls.__dict__.keys():
+            cls.node_sums = False
+
     def __init__(self, config: Config) -> None:
         super().__init__(
             fraction_train=config.fraction_train,
@@ -49,6 +61,8 @@ class CohortFedAvg(FedAvg):
         )
         self.config = config
         self.node_of: dict[int, int] = {}  # logical client -> Flower node id, set by the loop
+        self.dtypes: dict[str, np.dtype] = {}  # of the arrays last sent for training
+        self.positions: tuple[int, dict[int, int]] = (0, {})  # (round, client -> place in its list)
         self.gradnorm = (GradNormWeights(config.gradnorm_alpha, config.gradnorm_lr)
                          if config.aggregation == "gradnorm" else None)
 
@@ -131,9 +145,33 @@ class CohortFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The round's train messages; with :meth:`sums_on_nodes`, each names the block
+        its node sums every client in (``sum-blocks``; -1: the block is split between
+        nodes and the client replies alone)."""
         config["server-round"] = server_round
         clients = self.sample(server_round, self.fraction_train, 0)
-        return self.cohort_messages(clients, arrays, config, MessageType.TRAIN)
+        self.dtypes = {name: np.dtype(array.dtype) for name, array in arrays.items()}
+        self.positions = (server_round, {client: i for i, client in enumerate(clients)})
+        messages = self.cohort_messages(clients, arrays, config, MessageType.TRAIN)
+        if self.sums_on_nodes():
+            blocks = self._node_blocks(clients)
+            for message in messages:
+                record = message.content[self.configrecord_key]
+                record["sum-blocks"] = [blocks[int(c)] for c in record["clients"]]
+        return messages
+
+    def sums_on_nodes(self) -> bool:
+        """Whether this round's nodes sum their clients' updates in blocks."""
+        return self.node_sums and self.gradnorm is None
+
+    def _node_blocks(self, clients: list[int]) -> dict[int, int]:
+        """Every client's block (its position in ``clients`` // BLOCK), or -1 where the
+        block's clients are not all on one node."""
+        nodes: dict[int, set[int]] = {}
+        for position, client in enumerate(clients):
+            nodes.setdefault(block_of(position), set()).add(self.node_of[client])
+        return {client: block_of(i) if len(nodes[block_of(i)]) == 1 else -1
+                for i, client in enumerate(clients)}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -147,44 +185,59 @@ class CohortFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Sample-weighted average of the per-client updates, in client order."""
+        """Sample-weighted average of the clients' updates, summed in blocks of the
+        round's client order (:mod:`fedsim.summation`): the blocks a node summed arrive
+        as sums, the others' clients alone."""
         # Replies carry different keys ("<client>/<param>"), so FedAvg's same-keys check
         # does not apply; every client must send back exactly the keys it received.
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:
             return None, None
-        updates: dict[int, dict[str, np.ndarray]] = {}
+        updates: dict[int, dict[str, np.ndarray]] = {}  # clients that replied alone
+        sums: dict[int, dict[str, np.ndarray]] = {}  # blocks summed on their node
         weights: dict[int, float] = {}
         losses: dict[int, float] = {}
         reports: dict[int, tuple[float, float]] = {}  # GradNorm: (loss, norm) at the received model
         for msg in valid:
             metrics = msg.content["metrics"]
-            sent = split_client_arrays(msg.content[self.arrayrecord_key], metrics["client-ids"], copy=False)
+            alone = metrics.get("sent-ids", metrics["client-ids"])
+            updates.update(split_client_arrays(msg.content[self.arrayrecord_key], alone, copy=False))
+            if "sums" in msg.content:
+                sums.update(split_client_arrays(msg.content["sums"], metrics["block-ids"], copy=False))
             for client, n, loss in zip(
                 metrics["client-ids"], metrics["client-examples"], metrics["train-loss"]
             ):
                 weights[client], losses[client] = float(n), float(loss)
-                updates[client] = sent.get(client, {})  # {} when nothing is shared
             if "client-grad-norm" in metrics:
                 reports.update(zip(metrics["client-ids"],
                                    zip(metrics["client-start-loss"], metrics["client-grad-norm"])))
-        order = sorted(updates)
+        order = sorted(weights)
         if not order:  # every sampled client dropped out or failed
             return None, None
-        expected = set(updates[order[0]])
-        for client in order:
-            if set(updates[client]) != expected:
-                raise ValueError(
-                    f"client {client} sent arrays {sorted(updates[client])}, expected {sorted(expected)}"
-                )
-        averaging = [weights[c] for c in order]
-        if self.gradnorm:  # average with the weights of this round, then take GradNorm's step
-            averaging = self.gradnorm.of(order)
-            scored = [c for c in order if c in reports]
-            if scored:
-                self.gradnorm.update(scored, [reports[c][1] for c in scored], [reports[c][0] for c in scored])
-        averaged = self.average(averaging, [updates[c] for c in order])
+        parts = [*((f"client {c}", updates[c]) for c in sorted(updates)),
+                 *((f"block {b}", sums[b]) for b in sorted(sums))]
+        expected = set(parts[0][1])
+        for name, arrays in parts:
+            if set(arrays) != expected:
+                raise ValueError(f"{name} sent arrays {sorted(arrays)}, expected {sorted(expected)}")
         total = sum(weights.values())
+        if self.sums_on_nodes():  # the nodes' block sums, the split blocks' clients, in block order
+            sent_round, position = self.positions
+            if sent_round != server_round or not set(weights) <= position.keys():  # not our messages
+                position = {c: i for i, c in enumerate(order)}
+            alone = sorted(updates)
+            sums.update(block_sums([weights[c] for c in alone], [updates[c] for c in alone],
+                                   [block_of(position[c]) for c in alone]))
+            averaged = combine(sums, total, {k: self.dtypes.get(k, np.float32) for k in expected})
+        else:
+            averaging = [weights[c] for c in order]
+            if self.gradnorm:  # average with the weights of this round, then take GradNorm's step
+                averaging = self.gradnorm.of(order)
+                scored = [c for c in order if c in reports]
+                if scored:
+                    self.gradnorm.update(scored, [reports[c][1] for c in scored],
+                                         [reports[c][0] for c in scored])
+            averaged = self.average(averaging, [updates[c] for c in order])
         train_loss = sum(weights[c] * losses[c] for c in order) / total
         metrics = MetricRecord({"train-loss": train_loss, "num-examples": int(total)})
         return ArrayRecord({k: to_array(v) for k, v in averaged.items()}), metrics

@@ -16,6 +16,8 @@ class FedRep(CohortFedAvg):
     as in the paper's linear experiment.
     """
 
+    node_sums = True  # aggregate_train only re-orthonormalises the average
+
     def shares(self, name: str) -> bool:
         return name.startswith("body.")
 

@@ -109,16 +109,19 @@ def test_different_seeds_give_different_metrics(tmp_path):
     assert strip_timing(zero) != strip_timing(one)
 
 
-def test_clients_are_assigned_to_nodes_by_load():
-    # heaviest first onto the least-loaded node: 9 → 0, 7 → 1, 5 → 1 (7 < 9), 3 → 0,
-    # then 1 → 0 (12 = 12: the lower index)
-    assert assign_nodes([5, 9, 1, 7, 3], 2) == [1, 0, 0, 1, 0]
+def test_clients_are_assigned_to_nodes_in_consecutive_runs_balanced_by_load():
+    # midpoints of the loads' running total (2.5, 9.5, 14.5, 18.5, 23.5 of 25) in halves
+    assert assign_nodes([5, 9, 1, 7, 3], 2) == [0, 0, 1, 1, 1]
     assert assign_nodes([4, 4, 4], 3) == [0, 1, 2]
     assert assign_nodes([2, 2], 1) == [0, 0]
+    assert assign_nodes([100, 1, 1], 3) == [0, 1, 2]  # every node gets a client
+    assert assign_nodes([3, 3], 4) == [0, 1]
     loads = np.random.default_rng(0).lognormal(3, 1, 100).astype(int).tolist()
-    nodes = assign_nodes(loads, 2)
-    totals = [sum(x for x, n in zip(loads, nodes) if n == k) for k in (0, 1)]
-    assert abs(totals[0] - totals[1]) <= max(loads)  # the LPT bound
+    for count in (2, 3, 5):
+        nodes = assign_nodes(loads, count)
+        assert nodes == sorted(nodes) and set(nodes) == set(range(count))
+        totals = [sum(x for x, n in zip(loads, nodes) if n == k) for k in range(count)]
+        assert max(abs(t - sum(loads) / count) for t in totals) <= max(loads)
 
 
 def test_personal_state_is_one_stacked_array_per_parameter():
