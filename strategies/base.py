@@ -2,10 +2,11 @@
 
 Several logical clients (identified by partition id) live on one simulated Flower node;
 a round sends each node one message naming its sampled clients, and the node replies
-with one update per client (one array per parameter, the clients stacked along the
-first axis in the order of the reply's ``client-ids``). The server aggregates
-per-client updates in sorted client order, so results do not depend on how clients are
-packed into nodes, on actor count or on reply order.
+with the sums of the blocks of 16 clients it holds whole and one update for each other
+client (one array per parameter, stacked along a first axis in the order of the reply's
+``block-ids`` and ``sent-ids``). The server adds them in an order fixed by the round's
+sorted client list (:mod:`fedsim.summation`), so results do not depend on how clients
+are packed into nodes, on actor count or on reply order.
 """
 
 from __future__ import annotations
