@@ -379,6 +379,12 @@ def test_cohort_outputs_do_not_depend_on_the_neighbours_and_match_the_module():
     broadcast = {k: v[:1].expand(clients, *v.shape[1:]) for k, v in params.items()}  # read-only rows
     assert all(torch.equal(a, b) for a, b in zip(
         outputs(body, broadcast, xs), outputs(body, {k: v.contiguous() for k, v in broadcast.items()}, xs)))
+    # a broadcast stack is read as it is (not copied), BLAS-sized layers included: the same numbers
+    digits = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    broadcast = {n: p.detach().unsqueeze(0).expand(50, *p.shape) for n, p in digits.named_parameters()}
+    xs = [torch.randn(n, 64) for n in torch.randint(0, 40, (50,)).tolist()]
+    copied = {k: v.contiguous() for k, v in broadcast.items()}
+    assert all(torch.equal(a, b) for a, b in zip(outputs(digits, broadcast, xs), outputs(digits, copied, xs)))
 
 
 @pytest.mark.parametrize(("phase_or_spec", "message"), [
