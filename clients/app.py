@@ -27,6 +27,7 @@ from clients.grouped import GroupBodies, unpack_groups
 from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec, submodule
 from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus
+from clients.seeds import client_seed, client_seeds
 from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
@@ -191,12 +192,12 @@ def distill(msg: Message, context: Context) -> Message:
     content = RecordDict()
     for target in targets:
         x = actor.tensors(target)[0]  # the target's labels are never read
-        generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, stream=3))
+        generator = torch.Generator().manual_seed(client_seed(config.seed, server_round, target, stream=3))
         probs, adapted = [], {}
         for source in source_ids:
             model = actor.load(target, {k: torch.from_numpy(v) for k, v in sources[source].items()}, personal)
             # the same vote batches for every source
-            vote_generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, target, 5))
+            vote_generator = torch.Generator().manual_seed(client_seed(config.seed, server_round, target, 5))
             probs.append(predict_in_train_mode(model, x, config.batch_size, vote_generator))
             state = model.state_dict()
             adapted[source] = {name: state[name].detach().cpu().numpy().copy() for name in statistics}
@@ -315,10 +316,6 @@ def _unpack(msg: Message) -> tuple[Config, list[int], dict[str, torch.Tensor]]:
 def _tensors(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     """``arrays.to_torch_state_dict()`` with one copy (:func:`fedsim.wire.from_array`)."""
     return {name: torch.from_numpy(from_array(array)) for name, array in arrays.items()}
-
-
-def _client_seed(seed: int, server_round: int, client: int, stream: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, server_round, client, stream]).generate_state(1)[0])
 
 
 def _keep_personal(
@@ -451,8 +448,8 @@ class _Actor:
             try:
                 states = self.stack(cohort, shared, personal)
                 xs, ys = zip(*(self.tensors(c)[:2] for c in cohort))
-                generators = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c))
-                              for c in cohort]
+                generators = [torch.Generator().manual_seed(s)
+                              for s in client_seeds(self.config.seed, server_round, cohort)]
                 cohort_losses = engine.train_cohort(self.model, self.spec.train, states, list(xs), list(ys),
                                                     config, generators, self.paths["train"])
             except Exception as exc:  # noqa: BLE001 - reported to the server, which decides
@@ -482,16 +479,16 @@ class _Actor:
         for cohort in self.cohorts(clients, path):
             tensors = [self.tensors(c) for c in cohort]
             generators = [
-                torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, stream=1))
-                for c in cohort]
+                torch.Generator().manual_seed(s)
+                for s in client_seeds(self.config.seed, server_round, cohort, stream=1)]
             rows = [i for i, c in enumerate(cohort) if c in unseen]
             states = self.stack(cohort, shared, personal, copies=bool(rows))  # else only read
             labeled = [(t[0][:0], t[1][:0]) if c in targets else t[:2] for c, t in zip(cohort, tensors)]
             train = ([x for x, _ in labeled], [y for _, y in labeled])
             config = self.in_round(server_round)
             if rows:
-                adapting = [torch.Generator().manual_seed(_client_seed(self.config.seed, server_round, c, 6))
-                            for c in cohort]
+                adapting = [torch.Generator().manual_seed(s)
+                            for s in client_seeds(self.config.seed, server_round, cohort, 6)]
                 engine.adapt_unseen(self.model, self.spec, states, rows, train, shared.keys(), config,
                                     adapting, self.initial)
             sets = [([t[2] for t in tensors], [t[3] for t in tensors])]

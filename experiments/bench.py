@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clients.app import _client_seed
 from clients.engine import train_one
 from clients.phases import submodule
 from clients.routines import evaluate
+from clients.seeds import client_seed
 from fedsim import load_config, run
 from fedsim.algorithms import ALGORITHMS, client_model, strategy_class
 from fedsim.cli import int_list
@@ -72,7 +72,7 @@ def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
         for c in sampled:
             x, y, _, _ = tensors[c]
             model.load_state_dict({**initial, **personal.get(c, {}), **shared})
-            generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, c))
+            generator = torch.Generator().manual_seed(client_seed(config.seed, server_round, c))
             train_one(model, spec.train, x, y, config, generator)
             state = model.state_dict()
             updates.append({k: state[k].numpy().copy() for k in shared})
@@ -88,7 +88,7 @@ def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
         for c in evaluated:
             x_train, y_train, x, y = tensors[c]
             model.load_state_dict({**initial, **personal.get(c, {}), **shared})
-            generator = torch.Generator().manual_seed(_client_seed(config.seed, server_round, c, stream=1))
+            generator = torch.Generator().manual_seed(client_seed(config.seed, server_round, c, stream=1))
             train_one(model, spec.finetune, x_train, y_train, config, generator)
             accuracy, loss = evaluate(submodule(model, spec.evaluates), x, y)
             score += len(y) * (loss if np.isnan(accuracy) else accuracy)

@@ -36,14 +36,16 @@ def block_sums(
         raise ValueError(f"need one weight and block per update, got {len(weights)}, {len(blocks)} "
                          f"and {len(updates)} updates")
     sums: dict[int, dict[str, np.ndarray]] = {}
-    scratch: dict[tuple, np.ndarray] = {}
+    scratch: dict[tuple, np.ndarray] = {}  # wᵢ·xᵢ, exact in float64
     for w, update, block in zip(weights, updates, blocks):
-        acc = sums.setdefault(int(block), {})
+        acc = sums.get(int(block))
+        if acc is None:
+            acc = sums[int(block)] = {name: np.zeros(np.shape(v), dtype=np.float64)
+                                      for name, v in update.items()}
         for name, value in update.items():
-            value = np.asarray(value)
-            if name not in acc:
-                acc[name] = np.zeros(value.shape, dtype=np.float64)
-            product = scratch.setdefault(value.shape, np.empty(value.shape, dtype=np.float64))
+            product = scratch.get(np.shape(value))
+            if product is None:
+                product = scratch[np.shape(value)] = np.empty(np.shape(value), dtype=np.float64)
             np.multiply(value, float(w), out=product, dtype=np.float64)
             acc[name] += product
     return sums
