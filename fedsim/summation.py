@@ -5,9 +5,9 @@ depends only on the round's sorted client list, never on which node holds which 
 the clients are cut into blocks of ``BLOCK`` consecutive positions of that list; a
 block's sum adds its members one at a time, in order, to zeros; the total adds the block
 sums in block order to zeros. A node that holds a whole block sums it and replies with one
-float64 array per parameter instead of the block's updates (its members' are identical
-sums wherever they are computed); the server sums the blocks split between nodes from
-their members' updates. With at most ``BLOCK`` clients this is the plain sequential sum.
+float64 array per parameter instead of the block's updates (a block's sum is the same
+wherever it is computed); the server sums the blocks split between nodes from their
+members' updates. With at most ``BLOCK`` clients this is the plain sequential sum.
 
 Each product wᵢ·xᵢ of an integer weight below 2²⁹ (a sample count) and a float32 value is
 exact in float64, so only the additions round, and they round alike on every layout.
@@ -33,8 +33,8 @@ def block_sums(
     """``{block: {name: Σ wᵢ·xᵢ}}`` in float64, every block's members (``blocks[i]`` is
     update i's block) added one at a time in the given order, starting from zeros."""
     if not len(weights) == len(updates) == len(blocks):
-        raise ValueError(f"need one weight and block per update, got {len(weights)}, {len(blocks)} "
-                         f"and {len(updates)} updates")
+        raise ValueError(f"need one weight and one block per update, got {len(weights)} weights, "
+                         f"{len(blocks)} blocks and {len(updates)} updates")
     sums: dict[int, dict[str, np.ndarray]] = {}
     scratch: dict[tuple, np.ndarray] = {}  # wᵢ·xᵢ, exact in float64
     for w, update, block in zip(weights, updates, blocks):
