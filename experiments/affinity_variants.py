@@ -38,6 +38,7 @@ import torch
 
 from clients.affinity import fixed_batch
 from clients.routines import run_epochs, task_loss
+from clients.seeds import client_seed
 from fedsim import load_config
 from fedsim.affinity import adjusted_rand_index, find_groups
 from fedsim.cli import int_list
@@ -104,8 +105,7 @@ def replay(config, variants: list[str], rounds: int) -> tuple[dict[str, list[np.
         bodies = []
         for c, (x, y) in enumerate(tensors):
             m = load(body, heads[c])
-            seed = np.random.SeedSequence([config.seed, r, c, 0]).generate_state(1)[0]  # as the engine
-            g = torch.Generator().manual_seed(int(seed))
+            g = torch.Generator().manual_seed(client_seed(config.seed, r, c))  # as the engine
             for part, epochs in (("head.", config.head_epochs), ("body.", config.body_epochs)):
                 params = [p for k, p in m.named_parameters() if k.startswith(part)]
                 run_epochs(m, params, x, y, epochs, config, g)

@@ -61,8 +61,7 @@ def combine(
     order = sorted(sums)
     out = {}
     for name, dtype in dtypes.items():
-        first = next(np.asarray(sums[b][name]) for b in order)
-        acc = np.zeros(first.shape, dtype=np.float64)
+        acc = np.zeros(np.shape(sums[order[0]][name]), dtype=np.float64)
         for block in order:
             acc += sums[block][name]
         out[name] = np.asarray(acc / total).astype(dtype)
