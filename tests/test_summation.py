@@ -163,3 +163,10 @@ def test_every_layout_of_nodes_gives_the_blocked_average_to_the_bit():
         arrays, metrics = strategy.aggregate_train(1, replies)
         np.testing.assert_array_equal(arrays["w"].numpy(), blocked, err_msg=name)
         assert metrics["num-examples"] == sum(examples[c] for c in present)
+
+
+def test_mismatched_inputs_are_refused_with_their_counts():
+    with pytest.raises(ValueError, match="got 2 weights, 1 blocks and 2 updates"):
+        block_sums([1, 2], [{"w": np.zeros(2)}] * 2, [0])
+    with pytest.raises(ValueError, match="positive number, got 0.0"):
+        combine({0: {"w": np.zeros(2)}}, 0.0, {"w": np.float32})
