@@ -17,6 +17,7 @@ import numpy as np
 from fedsim.algorithms import engine_paths, strategy_class
 from fedsim.config import Config, ConfigError
 from fedsim.data import client_splits, load_dataset
+from fedsim.flower_sql import defer_sql_state
 from fedsim.history import RunWriter
 from fedsim.lean_ray import lean_local_ray
 from fedsim.pump import fast_message_pump
@@ -31,6 +32,8 @@ from fedsim.stopping import (
     tracked_backends,
 )
 from fedsim.validate import config_from_dict, validate
+
+defer_sql_state()  # before anything imports Flower's simulation engine (fedsim/flower_sql.py)
 
 
 class RunFailed(RuntimeError):
