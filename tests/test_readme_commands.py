@@ -35,7 +35,7 @@ class Run:
 
     extra: str = ""
     files: tuple[str, ...] = ()
-    ray: bool = True
+    ray: bool = True  # marked ray: it starts Ray or reads what a command that does wrote
     instead: str = ""
 
 
@@ -98,7 +98,7 @@ COMMANDS: dict[str, Run | str] = {
     "fedsim run --set strategy=fedrep-groups --set partitioner=rotated --set fraction-train=1.0 "
     "--out runs/groups":
         Run(f"{SHRINK} --set group-after=1 --set num-groups=2", _run_dir("runs/groups")),
-    "fedsim affinity runs/groups -o affinity.png": Run(files=("affinity.png",), ray=False),
+    "fedsim affinity runs/groups -o affinity.png": Run(files=("affinity.png",)),  # reads a Ray run
     "fedsim affinity RUN_DIR -o FILE.png":
         "names the command; `fedsim affinity runs/groups -o affinity.png` is run",
     "python experiments/groups_rotated.py --seeds 0,1,2 --out runs/groups-exp":
@@ -109,7 +109,7 @@ COMMANDS: dict[str, Run | str] = {
     # issue 20: LogME, model patches (the transfer tools)
     "fedsim run experiments/quickstart.toml --set logme=true --out runs/logme":
         Run(SHRINK, _run_dir("runs/logme")),
-    "fedsim plot runs/logme --metric logme -o logme.png": Run(files=("logme.png",), ray=False),
+    "fedsim plot runs/logme --metric logme -o logme.png": Run(files=("logme.png",)),  # reads a Ray run
     "fedsim compare experiments/compare_domains.toml --strategies fedrep,fedrep-patch,fedbn --out runs/patch":
         Run("--set num-rounds=2 --set synth-per-class=2 --strategies fedrep-patch --seeds 0",
             ("runs/patch/table.md", "runs/patch/curves.png")),
