@@ -50,6 +50,14 @@ def both_paths(model, phases, sizes, config):
     return out
 
 
+def test_pad_stack_zero_pads_each_clients_rows_to_the_longest():
+    got = vectorized.pad_stack([torch.tensor([[1.0, 2.0]]), torch.zeros(0, 2), torch.tensor([[3.0, 4.0], [5.0, 6.0]])])
+    assert got.tolist() == [[[1.0, 2.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[3.0, 4.0], [5.0, 6.0]]]
+    labels = vectorized.pad_stack([torch.tensor([3, 1]), torch.tensor([7])])
+    assert labels.dtype == torch.long and labels.tolist() == [[3, 1], [7, 0]]
+    assert vectorized.pad_stack([torch.ones(1, 1, 2, 2), torch.ones(3, 1, 2, 2)]).shape == (2, 3, 1, 2, 2)
+
+
 def test_schedule_merges_a_lone_last_sample_and_counts_steps():
     assert schedule(25, 1, 10) == (3, 3)
     assert schedule(21, 2, 10) == (2, 4)  # 10 + 11: the 21st sample joins the second batch
