@@ -349,6 +349,7 @@ class _Actor:
             self.entries[name] = torch.zeros_like(self.initial[name.removeprefix(MOMENTUM)])
         self.keeps_momentum = bool(engine.momentum_entries(self.model, config))
         self.slots = self.model.state_dict(keep_vars=True)  # the model's own tensors
+        self._paths: tuple[ClientSpec, dict[str, str]] | None = None  # (for this declaration)
         self._tensors: dict[int, tuple[torch.Tensor, ...]] = {}
         self._val: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -423,8 +424,12 @@ class _Actor:
 
     @property
     def paths(self) -> dict[str, str]:
-        """Where each phase group runs (``loop`` or ``vectorized``)."""
-        return engine.paths(self.model, self.spec, self.config)
+        """Where each phase group runs (``loop`` or ``vectorized``), worked out once per
+        declaration (~75 µs, three times a round)."""
+        spec = self.spec
+        if self._paths is None or self._paths[0] is not spec:
+            self._paths = (spec, engine.paths(self.model, spec, self.config))
+        return self._paths[1]
 
     def cohorts(self, clients: list[int], path: str) -> list[list[int]]:
         """Client by client on the loop path (a client that raises fails alone), else
