@@ -51,7 +51,8 @@ def both_paths(model, phases, sizes, config):
 
 
 def test_pad_stack_zero_pads_each_clients_rows_to_the_longest():
-    got = vectorized.pad_stack([torch.tensor([[1.0, 2.0]]), torch.zeros(0, 2), torch.tensor([[3.0, 4.0], [5.0, 6.0]])])
+    rows = [torch.tensor([[1.0, 2.0]]), torch.zeros(0, 2), torch.tensor([[3.0, 4.0], [5.0, 6.0]])]
+    got = vectorized.pad_stack(rows)
     assert got.tolist() == [[[1.0, 2.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[3.0, 4.0], [5.0, 6.0]]]
     labels = vectorized.pad_stack([torch.tensor([3, 1]), torch.tensor([7])])
     assert labels.dtype == torch.long and labels.tolist() == [[3, 1], [7, 0]]

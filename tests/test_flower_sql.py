@@ -25,7 +25,9 @@ def test_the_simulation_engine_imports_without_sqlalchemy_and_a_database_file_st
         memory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
         print(type(memory.state()).__name__, "sqlalchemy" in sys.modules)
         db = r"{tmp_path}"
-        state = LinkStateFactory(db + "/state.db", NoOpFederationManager(), ObjectStoreFactory(db + "/store.db")).state()
+        store = ObjectStoreFactory(db + "/store.db")
+        files = LinkStateFactory(db + "/state.db", NoOpFederationManager(), store)
+        state = files.state()
         print(type(state).__name__, type(state).__module__, "sqlalchemy" in sys.modules)
         import flwr.server.superlink.linkstate.sql_linkstate as module
         print(module.SqlLinkState is type(state), sys.modules[module.__name__] is module)
