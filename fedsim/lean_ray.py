@@ -33,7 +33,8 @@ POLL_S = 0.02  # between two queries of the GCS for the raylet's registration
 @contextlib.contextmanager
 def lean_local_ray(keep_log_monitor: bool) -> Iterator[None]:
     """While active, a local head node starts without the autoscaler monitor, the
-    dashboard API server and (unless ``keep_log_monitor``) the log monitor."""
+    dashboard API server and (unless ``keep_log_monitor``) the log monitor, and the
+    driver waits for its raylet with :func:`wait_for_registration`."""
     from ray._private import node, parameter, services
 
     original_init, original_api = parameter.RayParams.__init__, node.Node.start_api_server
