@@ -2,8 +2,9 @@
 
 The server strategy is named by ``"module:Class"`` and imported only where it is needed
 (the server), so the client side never imports server code; the client's local phases
-are data (:mod:`clients.specs`). Adding an algorithm: a strategy module, its declared
-phases, one line here, a test.
+are data (:mod:`clients.specs`), named here too and imported where a client trains. The
+table imports no torch, so a config is checked before torch loads. Adding an algorithm:
+a strategy module, its declared phases, one line here, a test.
 """
 
 from __future__ import annotations
@@ -11,86 +12,104 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from clients import specs
-from clients.apfl import MixtureModel
-from clients.fedala import ALAModel
-from clients.fedproto import PrototypeModel
-from clients.fedrod import RoDModel
-from clients.phases import ClientSpec
-from clients.routines import DittoModel
 from fedsim.config import Config
 from fedsim.data import Dataset
-from fedsim.models import build_model
+
+if TYPE_CHECKING:  # the table itself needs no torch: configs are checked before torch loads
+    from torch import nn
+
+    from clients.phases import ClientSpec
 
 
 def _base(data: Dataset, config: Config) -> nn.Module:
+    from fedsim.models import build_model
+
     return build_model(data, config.hidden_dim, config.seed, config.model)
 
 
 def _ditto_pair(data: Dataset, config: Config) -> nn.Module:
+    from clients.routines import DittoModel
+
     return DittoModel(_base(data, config), _base(data, config))
 
 
 def _apfl(data: Dataset, config: Config) -> nn.Module:
+    from clients.apfl import MixtureModel
+
     return MixtureModel(_base(data, config), _base(data, config), config.apfl_alpha)
 
 
 def _fedrod(data: Dataset, config: Config) -> nn.Module:
+    from clients.fedrod import RoDModel
+
     return RoDModel(_base(data, config))
 
 
 def _fedala(data: Dataset, config: Config) -> nn.Module:
+    from clients.fedala import ALAModel
+
     return ALAModel(_base(data, config), _base(data, config), config.fedala_layers)
 
 
 def _fedproto(data: Dataset, config: Config) -> nn.Module:
+    from clients.fedproto import PrototypeModel
+
     return PrototypeModel(_base(data, config))
 
 
 @dataclass(frozen=True)
 class Algorithm:
     """A server strategy (a ``CohortFedAvg`` subclass, or ``"module:Class"`` to import it
-    only on the server), the client's declared local phases and, optionally, how the
-    client model is built."""
+    only on the server), the client's declared local phases (a ``ClientSpec``, or
+    ``"module:NAME"`` to import it where a client trains) and, optionally, how the client
+    model is built."""
 
     strategy: str | type
-    client: ClientSpec
+    client: ClientSpec | str
     model: Callable[[Dataset, Config], nn.Module] | None = None
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "fedrep": Algorithm("strategies.fedrep:FedRep", specs.FEDREP),
-    "fedavg": Algorithm("strategies.fedavg:FedAvgWhole", specs.FEDAVG),
-    "local": Algorithm("strategies.local:LocalOnly", specs.FEDAVG),
-    "fedavg-ft": Algorithm("strategies.fedavg_ft:FedAvgFT", specs.FEDAVG_FT),
-    "fedper": Algorithm("strategies.fedper:FedPer", specs.FEDAVG),
-    "lg-fedavg": Algorithm("strategies.lg_fedavg:LGFedAvg", specs.FEDAVG),
-    "fedbabu": Algorithm("strategies.fedbabu:FedBABU", specs.FEDBABU),
-    "ditto": Algorithm("strategies.ditto:Ditto", specs.DITTO, _ditto_pair),
-    "kd3a": Algorithm("strategies.kd3a:KD3A", specs.KD3A_SOURCE),
-    "fedprox": Algorithm("strategies.fedprox:FedProx", specs.FEDPROX),
-    "fedbn": Algorithm("strategies.fedbn:FedBN", specs.FEDBN),
-    "pfedme": Algorithm("strategies.pfedme:PFedMe", specs.PFEDME, _ditto_pair),
-    "perfedavg": Algorithm("strategies.perfedavg:PerFedAvg", specs.PERFEDAVG),
-    "apfl": Algorithm("strategies.apfl:APFL", specs.APFL, _apfl),
-    "fedrod": Algorithm("strategies.fedrod:FedRoD", specs.FEDROD, _fedrod),
-    "fedala": Algorithm("strategies.fedala:FedALA", specs.FEDALA, _fedala),
-    "fedproto": Algorithm("strategies.fedproto:FedProto", specs.FEDPROTO, _fedproto),
-    "fedrep-groups": Algorithm("strategies.fedrep_groups:FedRepGroups", specs.FEDREP),
-    "fedrep-patch": Algorithm("strategies.fedrep_patch:FedRepPatch", specs.FEDREP_PATCH),
+    "fedrep": Algorithm("strategies.fedrep:FedRep", "clients.specs:FEDREP"),
+    "fedavg": Algorithm("strategies.fedavg:FedAvgWhole", "clients.specs:FEDAVG"),
+    "local": Algorithm("strategies.local:LocalOnly", "clients.specs:FEDAVG"),
+    "fedavg-ft": Algorithm("strategies.fedavg_ft:FedAvgFT", "clients.specs:FEDAVG_FT"),
+    "fedper": Algorithm("strategies.fedper:FedPer", "clients.specs:FEDAVG"),
+    "lg-fedavg": Algorithm("strategies.lg_fedavg:LGFedAvg", "clients.specs:FEDAVG"),
+    "fedbabu": Algorithm("strategies.fedbabu:FedBABU", "clients.specs:FEDBABU"),
+    "ditto": Algorithm("strategies.ditto:Ditto", "clients.specs:DITTO", _ditto_pair),
+    "kd3a": Algorithm("strategies.kd3a:KD3A", "clients.specs:KD3A_SOURCE"),
+    "fedprox": Algorithm("strategies.fedprox:FedProx", "clients.specs:FEDPROX"),
+    "fedbn": Algorithm("strategies.fedbn:FedBN", "clients.specs:FEDBN"),
+    "pfedme": Algorithm("strategies.pfedme:PFedMe", "clients.specs:PFEDME", _ditto_pair),
+    "perfedavg": Algorithm("strategies.perfedavg:PerFedAvg", "clients.specs:PERFEDAVG"),
+    "apfl": Algorithm("strategies.apfl:APFL", "clients.specs:APFL", _apfl),
+    "fedrod": Algorithm("strategies.fedrod:FedRoD", "clients.specs:FEDROD", _fedrod),
+    "fedala": Algorithm("strategies.fedala:FedALA", "clients.specs:FEDALA", _fedala),
+    "fedproto": Algorithm("strategies.fedproto:FedProto", "clients.specs:FEDPROTO", _fedproto),
+    "fedrep-groups": Algorithm("strategies.fedrep_groups:FedRepGroups", "clients.specs:FEDREP"),
+    "fedrep-patch": Algorithm("strategies.fedrep_patch:FedRepPatch", "clients.specs:FEDREP_PATCH"),
 }
+
+
+def _resolve(entry: Any) -> Any:
+    """``entry`` itself, or the object a ``"module:NAME"`` entry names (imported now)."""
+    if not isinstance(entry, str):
+        return entry
+    module, _, attribute = entry.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def strategy_class(name: str) -> type:
     """The server strategy class of algorithm ``name``."""
-    strategy = ALGORITHMS[name].strategy
-    if isinstance(strategy, type):
-        return strategy
-    module, _, attribute = strategy.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return _resolve(ALGORITHMS[name].strategy)
+
+
+def client_spec(name: str) -> ClientSpec:
+    """The declared local phases of algorithm ``name``'s clients."""
+    return _resolve(ALGORITHMS[name].client)
 
 
 def client_model(config: Config, data: Dataset) -> nn.Module:
@@ -104,4 +123,4 @@ def engine_paths(config: Config, data: Dataset) -> dict[str, str]:
     ``config.strategy`` run; a ConfigError when ``vectorize = "on"`` cannot be met."""
     from clients.engine import paths
 
-    return paths(client_model(config, data), ALGORITHMS[config.strategy].client, config)
+    return paths(client_model(config, data), client_spec(config.strategy), config)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.config import ConfigError
 from fedsim.data import Dataset
+from fedsim.zoo import model_name
 
 
 class SplitModel(nn.Module):
@@ -66,18 +66,6 @@ def cnn32bn(channels: int, num_classes: int) -> SplitModel:
     return SplitModel(body, nn.Linear(128, num_classes))
 
 
-MODELS = ("auto", "mlp", "cnn28", "cnn32", "cnn32bn")
-
-
-def model_for(shape: tuple[int, ...]) -> str:
-    """The zoo entry that fits an input shape: CNNs for 28×28 and 32×32 images, else MLP."""
-    if len(shape) == 3 and shape[1:] == (28, 28):
-        return "cnn28"
-    if len(shape) == 3 and shape[1:] == (32, 32):
-        return "cnn32"
-    return "mlp"
-
-
 def linear_representation(dim: int, rank: int) -> SplitModel:
     """x ↦ wᵀ(Bᵀx): body = B (``body.weight`` is Bᵀ, rank × dim), head = w; no biases
     (FedRep's linear model)."""
@@ -90,18 +78,13 @@ def build_model(data: Dataset, hidden_dim: int, seed: int, name: str = "auto") -
     in_features = 1
     for dim in data.input_shape:
         in_features *= dim
-    if name == "auto":
-        name = data.model if data.model != "auto" else model_for(data.input_shape)
+    name = model_name(data, name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "linear":
             assert data.true_body is not None
             return linear_representation(in_features, data.true_body.shape[1])
         if name.startswith("cnn"):
-            side = int(name[3:5])
-            if len(data.input_shape) != 3 or data.input_shape[1:] != (side, side):
-                raise ConfigError(f"model = {name!r} needs C×{side}×{side} images, the dataset "
-                                  f"has inputs of shape {data.input_shape}; use model = 'auto' or 'mlp'")
             build = {"cnn28": cnn28, "cnn32": cnn32, "cnn32bn": cnn32bn}[name]
             return build(data.input_shape[0], data.num_classes)
         return mlp(in_features, hidden_dim, data.num_classes)

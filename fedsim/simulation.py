@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,12 @@ import numpy as np
 
 from fedsim.algorithms import engine_paths, strategy_class
 from fedsim.config import Config, ConfigError
-from fedsim.data import client_splits, load_dataset
+from fedsim.data import ClientSplit, Dataset, client_splits, load_dataset
 from fedsim.flower_sql import defer_sql_state
 from fedsim.history import RunWriter
 from fedsim.lean_ray import lean_local_ray
 from fedsim.pump import fast_message_pump
+from fedsim.ray_thread import RayThread
 from fedsim.stopping import (
     STOP,
     RunInterrupted,
@@ -31,7 +32,8 @@ from fedsim.stopping import (
     stopped_by,
     tracked_backends,
 )
-from fedsim.validate import config_from_dict, validate
+from fedsim.validate import BUILTIN_NAMES, config_from_dict, validate
+from fedsim.zoo import model_name
 
 defer_sql_state()  # before anything imports Flower's simulation engine (fedsim/flower_sql.py)
 
@@ -151,14 +153,35 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 def _check_before_ray(config: Config) -> None:
     """Everything that can be refused before Ray starts: the values, the split (a bad
     one fails here), ``vectorize = "on"`` where it cannot be met, and the resources."""
+    _check_engine(config, *_check_values(config))
+
+
+def _check_values(config: Config) -> tuple[Dataset, list[ClientSplit]]:
+    """The checks that need no torch: the values, the split, the model's input size,
+    the least-squares head's labels and the resources; returns the data and the split."""
     validate(config)
     splits = client_splits(config)
     data = load_dataset(config)
+    model_name(data, config.model)
     if config.head_solver == "lstsq" and not np.issubdtype(data.y.dtype, np.floating):
         raise ConfigError(f"head-solver = 'lstsq' fits a regression head by least squares, but "
                           f"dataset = {config.dataset!r} has class labels; use head-solver = 'sgd'")
-    engine_paths(config, data)
     _check_local_resources(config)
+    return data, splits
+
+
+def _engine_cannot_refuse(config: Config) -> bool:
+    """Whether :func:`_check_engine` passes whenever :func:`_check_values` did: a built-in
+    algorithm (no plugins) other than FedALA (its ``fedala-layers`` is checked against the
+    built model), and no ``vectorize = "on"`` (checked against the model and phases)."""
+    return (not config.plugins and config.vectorize != "on" and config.strategy != "fedala"
+            and config.strategy in BUILTIN_NAMES["strategy"])
+
+
+def _check_engine(config: Config, data: Dataset, splits: list[ClientSplit]) -> None:
+    """The checks that build the model (torch): its declared phases on it, ``vectorize =
+    "on"``, the strategy's class; then the strategy's advice (warnings)."""
+    engine_paths(config, data)
     from strategies.base import CohortFedAvg
 
     cls = strategy_class(config.strategy)
@@ -171,12 +194,19 @@ def _check_before_ray(config: Config) -> None:
 
 
 def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict[str, Any]:
-    _check_before_ray(config)
+    data, splits = _check_values(config)
+    early = _engine_cannot_refuse(config)  # then Ray starts while torch loads (fedsim/ray_thread.py)
+    if not early:
+        _check_engine(config, data, splits)
     writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
+    thread = RayThread(_ray_init(config)) if early else None
     with stop_on_signals():
         try:
             _quiet(config.verbose)
-            num_nodes = _start_ray(config)
+            if thread is not None:
+                _check_engine(config, data, splits)  # meanwhile: torch, the model, the strategy
+                _import_simulation()
+            num_nodes = _start_ray(config, thread)
             if STOP.is_set():
                 raise Stopped
             _simulate(config, writer, num_nodes, progress, checkpoint)
@@ -190,7 +220,7 @@ def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict
                 raise
             raise RunFailed(message) from exc
         finally:
-            _stop_ray()
+            _stop_ray(thread)
     return writer.finish()
 
 
@@ -351,11 +381,25 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def _start_ray(config: Config) -> int:
-    """Start (or attach to) Ray, check the resources against it, and return the number
-    of Flower nodes: ``num-nodes``, or one per actor that fits (at most one per client)."""
-    _init_ray(config)
+def _start_ray(config: Config, thread: RayThread | None = None) -> int:
+    """Start (or attach to) Ray, or wait for ``thread`` to have done so, check the
+    resources against it, and return the number of Flower nodes: ``num-nodes``, or one
+    per actor that fits (at most one per client)."""
+    if thread is None:
+        _init_ray(config)
+    else:
+        thread.wait()
+        rearm_sigterm()
     return _nodes_for(config)
+
+
+def _import_simulation() -> None:
+    """Import what the simulation runs (Flower's engine, the ClientApp, the server) now,
+    while Ray starts, rather than after it."""
+    import flwr.simulation  # noqa: F401
+
+    import clients.app  # noqa: F401
+    import fedsim.server  # noqa: F401
 
 
 # Settings of a local Ray fedsim starts (a cluster keeps its own):
@@ -387,31 +431,46 @@ LOCAL_RAY_CONFIG = {"max_direct_call_object_size": 2**20,
 
 
 def _init_ray(config: Config) -> None:
-    import ray
+    """Start (or attach to) Ray on this thread."""
+    _ray_init(config)()
+    rearm_sigterm()
 
+
+def _ray_init(config: Config) -> Callable[[], None]:
+    """Prepare this process's environment (its Ray processes inherit ``PYTHONPATH``) and
+    return the call that starts or attaches to Ray (a ConfigError if it cannot)."""
+    import ray
+    from ray.util.debug import log_once
+
+    log_once("ray_accel_env_var_override_on_zero")  # ray.init's FutureWarning, a tip, said "once" already
     # Without an address fedsim starts its own local Ray: ray.init() with none would attach to
     # whatever cluster `ray start` (or a test's Cluster) last left running on this machine.
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     pythonpath = os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = pythonpath
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats reporting thread
     if address == "local":  # its processes inherit os.environ; fedsim's settings and services
         lean, options = lean_local_ray(config.verbose), {"_system_config": LOCAL_RAY_CONFIG}
     else:  # a cluster keeps its own settings; its workers get the path and the telemetry switch
         env_vars = {"PYTHONPATH": pythonpath, "FLWR_TELEMETRY_ENABLED": "0"}
         lean, options = contextlib.nullcontext(), {"runtime_env": {"env_vars": env_vars}}
-    try:
-        with warnings.catch_warnings(), lean:
-            warnings.simplefilter("ignore", FutureWarning)
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=config.verbose,
-                logging_level=logging.INFO if config.verbose else logging.ERROR,
-                **options,
-            )
-    except Exception as exc:
-        raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
-    rearm_sigterm()
+
+    def init() -> None:
+        try:
+            with lean:
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=config.verbose,
+                    logging_level=logging.INFO if config.verbose else logging.ERROR,
+                    **options,
+                )
+        except Exception as exc:
+            raise ConfigError(f"ray-address = {address!r}: cannot start or attach to Ray: {exc}") from exc
+
+    return init
 
 
 def _nodes_for(config: Config) -> int:
@@ -448,17 +507,20 @@ def actors_that_fit(num_cpus: float, num_gpus: float, nodes: list[dict[str, floa
     return total
 
 
-def _stop_ray() -> None:
+def _stop_ray(thread: RayThread | None = None) -> None:
+    """Shut Ray down (once ``thread``'s start, if any, has returned), then let
+    ``thread`` end."""
     import ray
 
+    if thread is not None:
+        thread.wait(reraise=False)  # e.g. Ctrl-C or a refused check while Ray started
     if ray.is_initialized():
         ray.shutdown()
+    if thread is not None:
+        thread.release()
 
 
 def _quiet(verbose: bool) -> None:
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats reporting thread
     # Client errors are reported by fedsim itself, once; Flower would log them twice more.
     level = logging.INFO if verbose else logging.CRITICAL
     for name in ("flwr", "ray"):

@@ -36,7 +36,7 @@ from fedsim.config import (
     typed_values,
 )
 from fedsim.data import BUILTIN_PARTITIONERS, DATASET_DEFAULTS, DATASETS, PARTITIONERS
-from fedsim.models import MODELS
+from fedsim.zoo import MODELS
 
 REGISTRIES: dict[str, Any] = {
     "strategy": ALGORITHMS, "dataset": DATASETS, "partitioner": PARTITIONERS, "model": MODELS,

@@ -1,0 +1,66 @@
+"""Ray started on a thread while the driver loads torch (fedsim/ray_thread.py)."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fedsim import load_config
+from fedsim.config import ConfigError
+from fedsim.ray_thread import RayThread
+
+
+def test_checking_a_config_imports_no_torch():
+    code = ("import sys; import fedsim.simulation as s; from fedsim import load_config; "
+            "c = load_config(None, ['strategy=ditto', 'model=mlp']); s._check_values(c); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'clients', 'strategies')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error():
+    started = []
+
+    def init():
+        started.append(threading.current_thread().name)
+        time.sleep(0.05)
+        raise ConfigError("no Ray here")
+
+    thread = RayThread(init)
+    with pytest.raises(ConfigError, match="no Ray here"):
+        thread.wait()
+    thread.wait(reraise=False)
+    assert started == ["fedsim-ray-init"] and thread._thread.is_alive()  # Ray's processes live with it
+    thread.release()
+    assert not thread._thread.is_alive()
+
+
+@pytest.mark.parametrize("overrides, early", [
+    ([], True), (["strategy=fedbabu"], True), (["vectorize=off"], True),
+    (["vectorize=on"], False), (["strategy=fedala"], False), (["plugins=json"], False),
+])
+def test_ray_starts_early_only_where_the_engine_checks_cannot_refuse(overrides, early):
+    from fedsim.simulation import _engine_cannot_refuse
+
+    assert _engine_cannot_refuse(load_config(None, overrides)) is early
+
+
+def test_a_check_refused_while_ray_starts_stops_it_and_names_the_value(monkeypatch, tmp_path):
+    import fedsim.simulation as sim
+
+    ran, stopped = [], []
+
+    def check_engine(config, data, splits):
+        raise ConfigError("refused while Ray started")
+
+    monkeypatch.setattr(sim, "_ray_init", lambda config: lambda: ran.append(time.sleep(0.1)))
+    monkeypatch.setattr(sim, "_check_engine", check_engine)
+    monkeypatch.setattr(sim, "_stop_ray", lambda thread=None: stopped.append(thread.wait(reraise=False))
+                        or thread.release())
+    with pytest.raises(ConfigError, match="refused while Ray started"):
+        sim.run(load_config(None, ["num-rounds=1"]), tmp_path / "run", progress=False)
+    assert ran == [None] and stopped == [None]
+    assert not [t for t in threading.enumerate() if t.name == "fedsim-ray-init"]
+    assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()
