@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+AGENT_SCRIPT = str(Path(__file__).with_name("ray_agent.py"))  # the dashboard agent's lean start
 POLL_S = 0.02  # between two queries of the GCS for the raylet's registration
 
 
@@ -35,10 +37,11 @@ def lean_local_ray(keep_log_monitor: bool) -> Iterator[None]:
     """While active, a local head node starts without the autoscaler monitor, the
     dashboard API server and (unless ``keep_log_monitor``) the log monitor, and the
     driver waits for its raylet with :func:`wait_for_registration`."""
-    from ray._private import node, parameter, services
+    from ray._private import node, parameter, ray_constants, services
 
     original_init, original_api = parameter.RayParams.__init__, node.Node.start_api_server
     original_get_node = services.get_node
+    original_command = services._build_python_executable_command_memory_profileable
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
@@ -53,15 +56,24 @@ def lean_local_ray(keep_log_monitor: bool) -> Iterator[None]:
         wait_for_registration(gcs_address, node_id)
         return original_get_node(gcs_address, node_id)
 
+    def python_command(component: str, *args: Any, **kwargs: Any) -> list[str]:
+        command = original_command(component, *args, **kwargs)
+        plain = command[1:] in ([], ["-u"])  # not under Ray's memory profiler
+        if component == ray_constants.PROCESS_TYPE_DASHBOARD_AGENT and plain:
+            command.append(AGENT_SCRIPT)
+        return command
+
     parameter.RayParams.__init__ = init  # type: ignore[method-assign]
     node.Node.start_api_server = no_api_server  # type: ignore[method-assign]
     services.get_node = get_node
+    services._build_python_executable_command_memory_profileable = python_command
     try:
         yield
     finally:
         parameter.RayParams.__init__ = original_init  # type: ignore[method-assign]
         node.Node.start_api_server = original_api  # type: ignore[method-assign]
         services.get_node = original_get_node
+        services._build_python_executable_command_memory_profileable = original_command
 
 
 def wait_for_registration(gcs_address: str, node_id: str, timeout_s: float = 30.0) -> bool:

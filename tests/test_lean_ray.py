@@ -2,11 +2,13 @@
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
-from ray._private import node, parameter, services
+from ray._private import node, parameter, ray_constants, services
 
-from fedsim.lean_ray import lean_local_ray, wait_for_registration
+from fedsim.lean_ray import AGENT_SCRIPT, lean_local_ray, wait_for_registration
 
 
 def test_a_lean_local_ray_leaves_out_the_monitors_and_the_api_server_only_while_starting():
@@ -20,6 +22,34 @@ def test_a_lean_local_ray_leaves_out_the_monitors_and_the_api_server_only_while_
     params = parameter.RayParams()
     assert params.no_monitor is False and params.include_log_monitor is None
     assert node.Node.start_api_server is original and services.get_node is get_node
+
+
+def test_only_the_dashboard_agent_starts_through_fedsims_script_and_only_while_starting():
+    command = services._build_python_executable_command_memory_profileable
+    agent, raylet = ray_constants.PROCESS_TYPE_DASHBOARD_AGENT, ray_constants.PROCESS_TYPE_RAYLET
+    with lean_local_ray(keep_log_monitor=False):
+        lean = services._build_python_executable_command_memory_profileable
+        assert lean(agent, "/tmp/session") == [sys.executable, "-u", AGENT_SCRIPT]
+        assert lean(agent, "/tmp/session", unbuffered=False) == [sys.executable, AGENT_SCRIPT]
+        assert lean(raylet, "/tmp/session") == [sys.executable, "-u"]
+    assert services._build_python_executable_command_memory_profileable is command
+    assert command(agent, "/tmp/session") == [sys.executable, "-u"]
+
+
+def test_the_lean_agent_finds_the_agent_modules_ray_finds_importing_fewer():
+    code = ("import sys\n"
+            "from ray.dashboard import utils\n"
+            "from fedsim.ray_agent import _only_mentioning_modules\n"
+            "def imported(): return len([m for m in sys.modules if m.startswith('ray.dashboard.modules.')])\n"
+            "lean = _only_mentioning_modules(utils.get_all_modules)(utils.DashboardAgentModule)\n"
+            "lean_classes, lean_count = sorted(map(str, utils.DashboardAgentModule.__subclasses__())), imported()\n"
+            "full = utils.get_all_modules(utils.DashboardAgentModule)\n"
+            "classes = sorted(map(str, utils.DashboardAgentModule.__subclasses__()))\n"
+            "print(lean == full, lean_classes == classes, len(classes), lean_count < imported())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    same, same_classes, classes, fewer = out.split()
+    # Ray 2.55 without its dashboard extras: one class (EventAgent) imports, none is kept
+    assert same == same_classes == fewer == "True" and int(classes) >= 1
 
 
 def test_a_local_ray_passes_one_model_inside_the_task_and_a_cluster_keeps_its_settings(monkeypatch):
