@@ -42,9 +42,10 @@ def test_the_lean_agent_finds_the_agent_modules_ray_finds_importing_fewer():
             "from fedsim.ray_agent import _only_mentioning_modules\n"
             "def imported(): return len([m for m in sys.modules if m.startswith('ray.dashboard.modules.')])\n"
             "lean = _only_mentioning_modules(utils.get_all_modules)(utils.DashboardAgentModule)\n"
-            "lean_classes, lean_count = sorted(map(str, utils.DashboardAgentModule.__subclasses__())), imported()\n"
+            "def subclasses(): return sorted(map(str, utils.DashboardAgentModule.__subclasses__()))\n"
+            "lean_classes, lean_count = subclasses(), imported()\n"
             "full = utils.get_all_modules(utils.DashboardAgentModule)\n"
-            "classes = sorted(map(str, utils.DashboardAgentModule.__subclasses__()))\n"
+            "classes = subclasses()\n"
             "print(lean == full, lean_classes == classes, len(classes), lean_count < imported())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     same, same_classes, classes, fewer = out.split()
