@@ -28,7 +28,7 @@ from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec, submodule
 from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus
 from clients.seeds import client_seed, client_seeds
-from fedsim.algorithms import client_model, client_spec
+from fedsim.algorithms import ALGORITHMS, client_model
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
 from fedsim.placement import choose_device
@@ -421,7 +421,7 @@ class _Actor:
     @property
     def spec(self) -> ClientSpec:
         """The client declaration of the run's strategy (looked up per message)."""
-        return client_spec(self.config.strategy)
+        return ALGORITHMS[self.config.strategy].client
 
     @property
     def paths(self) -> dict[str, str]:

@@ -40,7 +40,7 @@ from clients.phases import submodule
 from clients.routines import evaluate
 from clients.seeds import client_seed
 from fedsim import load_config, run
-from fedsim.algorithms import client_model, client_spec, strategy_class
+from fedsim.algorithms import ALGORITHMS, client_model, strategy_class
 from fedsim.cli import int_list
 from fedsim.config import Config
 from fedsim.data import load_dataset, make_split
@@ -57,7 +57,7 @@ def reference_loop(config: Config) -> tuple[float, list[float], list[float]]:
         tuple(torch.from_numpy(a[idx]) for idx in (s.train, s.test) for a in (data.x, data.y))
         for s in splits
     ]
-    spec = client_spec(config.strategy)
+    spec = ALGORITHMS[config.strategy].client
     shares = strategy_class(config.strategy)(config).shares
     model = client_model(config, data)
     initial = {k: v.clone() for k, v in model.state_dict().items()}

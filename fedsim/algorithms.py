@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedsim.config import Config
@@ -59,16 +58,25 @@ def _fedproto(data: Dataset, config: Config) -> nn.Module:
     return PrototypeModel(_base(data, config))
 
 
-@dataclass(frozen=True)
 class Algorithm:
     """A server strategy (a ``CohortFedAvg`` subclass, or ``"module:Class"`` to import it
     only on the server), the client's declared local phases (a ``ClientSpec``, or
-    ``"module:NAME"`` to import it where a client trains) and, optionally, how the client
-    model is built."""
+    ``"module:NAME"`` to import it only where a client trains or the engine is checked)
+    and, optionally, how the client model is built."""
 
-    strategy: str | type
-    client: ClientSpec | str
-    model: Callable[[Dataset, Config], nn.Module] | None = None
+    __slots__ = ("strategy", "_client", "model")
+
+    def __init__(self, strategy: str | type, client: ClientSpec | str,
+                 model: Callable[[Dataset, Config], nn.Module] | None = None) -> None:
+        self.strategy, self._client, self.model = strategy, client, model
+
+    @property
+    def client(self) -> ClientSpec:
+        """The declared local phases (imported now where named by ``"module:NAME"``)."""
+        return _resolve(self._client)
+
+    def __repr__(self) -> str:
+        return f"Algorithm({self.strategy!r}, {self._client!r}, {self.model!r})"
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -107,11 +115,6 @@ def strategy_class(name: str) -> type:
     return _resolve(ALGORITHMS[name].strategy)
 
 
-def client_spec(name: str) -> ClientSpec:
-    """The declared local phases of algorithm ``name``'s clients."""
-    return _resolve(ALGORITHMS[name].client)
-
-
 def client_model(config: Config, data: Dataset) -> nn.Module:
     """The model a client of ``config.strategy`` trains, initialised from ``seed``."""
     build = ALGORITHMS[config.strategy].model
@@ -123,4 +126,4 @@ def engine_paths(config: Config, data: Dataset) -> dict[str, str]:
     ``config.strategy`` run; a ConfigError when ``vectorize = "on"`` cannot be met."""
     from clients.engine import paths
 
-    return paths(client_model(config, data), client_spec(config.strategy), config)
+    return paths(client_model(config, data), ALGORITHMS[config.strategy].client, config)

@@ -34,7 +34,7 @@ def int_list(text: str) -> list[int]:
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose epilog may be a function, called only to show the help (the
-    config keys' help reads the registries, which import torch)."""
+    config keys' help imports and reads the registries of :mod:`fedsim.validate`)."""
 
     def format_help(self) -> str:
         if callable(self.epilog):
