@@ -13,16 +13,13 @@ found by reading them (5–7 ms) and imported in 0.13–0.19 s, with the same mo
 Files that cannot be read (compiled only) are imported as before.
 """
 
+import os
 import sys
-
-AGENT = sys.argv[1] if __name__ == "__main__" else ""
 
 
 def _mentions(info, name: str) -> bool:
     """Whether the source file of ``pkgutil.ModuleInfo`` ``info`` contains ``name``
     (True where it cannot be read)."""
-    import os
-
     path = os.path.join(getattr(info.module_finder, "path", ""), info.name.rpartition(".")[2] + ".py")
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
@@ -53,12 +50,21 @@ def _only_mentioning_modules(get_all_modules):
     return get_modules
 
 
-if __name__ == "__main__":
-    sys.argv = sys.argv[1:]
-    sys.path[0] = AGENT.rpartition("/")[0]  # as if Python ran agent.py: its directory first
+def main() -> None:
+    """Run the agent script ``sys.argv[1]`` with the remaining arguments, as Python would
+    run it; with the narrower module search where Ray still has the function it patches."""
+    agent = sys.argv.pop(1)
+    sys.path[0] = os.path.dirname(os.path.realpath(agent))  # the script's directory first
     import runpy
 
-    import ray.dashboard.utils as utils
+    try:
+        import ray.dashboard.utils as utils
 
-    utils.get_all_modules = _only_mentioning_modules(utils.get_all_modules)
-    runpy.run_path(AGENT, run_name="__main__")
+        utils.get_all_modules = _only_mentioning_modules(utils.get_all_modules)
+    except (ImportError, AttributeError):  # another Ray: its agent as it is
+        pass
+    runpy.run_path(agent, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
