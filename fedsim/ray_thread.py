@@ -4,7 +4,9 @@ The driver's first ~2 s are spent on one core: torch (1.1–1.5 s on the 2-core 
 engine's checks and ``import ray``; ``ray.init`` (1.8–2.1 s, mostly Ray's own processes
 starting) only came after, and the second core idled meanwhile. Started on a thread once
 ``ray`` is imported, the two overlap: process start to exit of a 3-round FedAvg digits
-run fell by ~1 s (medians of alternating runs, see the README's Performance section).
+run fell from 7.53 to 7.18 s (medians of 8 alternating pairs; README, Performance). Less
+than the idle core promised: Ray's start is itself CPU-bound (its agents and pre-started
+workers), and the driver's imports took ~2.7 s instead of ~1.5 s beside it.
 ``import ray`` stays on the calling thread: two threads importing at once fight for the
 GIL, and Ray then started 1.3 s later than from an idle thread.
 
