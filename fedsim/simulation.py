@@ -199,28 +199,30 @@ def _execute(config: Config, out: Path, progress: bool, checkpoint: Any) -> dict
     if not early:
         _check_engine(config, data, splits)
     writer = _open_run_dir(out, config, checkpoint.round if checkpoint else None)
-    thread = RayThread(_ray_init(config)) if early else None
-    with stop_on_signals():
-        try:
-            _quiet(config.verbose)
-            if thread is not None:
-                _check_engine(config, data, splits)  # meanwhile: torch, the model, the strategy
-                _import_simulation()
-            num_nodes = _start_ray(config, thread)
-            if STOP.is_set():
-                raise Stopped
-            _simulate(config, writer, num_nodes, progress, checkpoint)
-        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
-            if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
-                summary = writer.finish(error=f"interrupted ({stopped_by()})", status="interrupted")
-                raise RunInterrupted(_interrupted_message(summary, config, out), exit_code()) from None
-            message = f"{type(exc).__name__}: {exc}"
-            writer.finish(error=message)
-            if isinstance(exc, ConfigError):
-                raise
-            raise RunFailed(message) from exc
-        finally:
-            _stop_ray(thread)
+    with contextlib.ExitStack() as teardown:
+        thread = RayThread(_ray_init(config)) if early else None
+        teardown.callback(_stop_ray, thread)  # also after a Ctrl-C before the try below
+        with stop_on_signals():
+            try:
+                _quiet(config.verbose)
+                if thread is not None:
+                    _check_engine(config, data, splits)  # meanwhile: torch, the model, the strategy
+                    _import_simulation()
+                num_nodes = _start_ray(config, thread)
+                if STOP.is_set():
+                    raise Stopped
+                _simulate(config, writer, num_nodes, progress, checkpoint)
+            except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+                if STOP.is_set() or isinstance(exc, KeyboardInterrupt):
+                    summary = writer.finish(error=f"interrupted ({stopped_by()})", status="interrupted")
+                    raise RunInterrupted(_interrupted_message(summary, config, out), exit_code()) from None
+                message = f"{type(exc).__name__}: {exc}"
+                writer.finish(error=message)
+                if isinstance(exc, ConfigError):
+                    raise
+                raise RunFailed(message) from exc
+            finally:
+                _stop_ray(thread)
     return writer.finish()
 
 
