@@ -17,8 +17,17 @@ them ends, not only the process.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
+
+
+class _NoSigtermNote(logging.Filter):
+    """Without Ray's warning that ``ray.init`` off the main thread sets no SIGTERM handler
+    (shown with ``verbose = true``): fedsim's own handler stays (:mod:`fedsim.stopping`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 class RayThread:
@@ -32,11 +41,14 @@ class RayThread:
         self._thread.start()
 
     def _run(self, init: Callable[[], None]) -> None:
+        ray_worker, note = logging.getLogger("ray._private.worker"), _NoSigtermNote()
+        ray_worker.addFilter(note)
         try:
             init()
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             self.error = exc
         finally:
+            ray_worker.removeFilter(note)
             self._done.set()
         self._release.wait()
 

@@ -1,5 +1,6 @@
 """Ray started on a thread while the driver loads torch (fedsim/ray_thread.py)."""
 
+import logging
 import subprocess
 import sys
 import threading
@@ -20,11 +21,14 @@ def test_checking_a_config_imports_no_torch():
     assert out.strip() == "[]"
 
 
-def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error():
+def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error(caplog):
     started = []
 
     def init():
         started.append(threading.current_thread().name)
+        ray_worker = logging.getLogger("ray._private.worker")
+        ray_worker.warning("SIGTERM handler is not set because current thread is not the main thread.")
+        ray_worker.warning("another note")
         time.sleep(0.05)
         raise ConfigError("no Ray here")
 
@@ -33,6 +37,7 @@ def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error()
         thread.wait()
     thread.wait(reraise=False)
     assert started == ["fedsim-ray-init"] and thread._thread.is_alive()  # Ray's processes live with it
+    assert [r.getMessage() for r in caplog.records] == ["another note"]  # fedsim keeps its own SIGTERM handler
     thread.release()
     assert not thread._thread.is_alive()
 
