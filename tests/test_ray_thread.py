@@ -37,7 +37,7 @@ def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error(c
         thread.wait()
     thread.wait(reraise=False)
     assert started == ["fedsim-ray-init"] and thread._thread.is_alive()  # Ray's processes live with it
-    assert [r.getMessage() for r in caplog.records] == ["another note"]  # fedsim keeps its own SIGTERM handler
+    assert [r.getMessage() for r in caplog.records] == ["another note"]  # fedsim keeps its SIGTERM handler
     thread.release()
     assert not thread._thread.is_alive()
 
