@@ -21,24 +21,40 @@ def test_checking_a_config_imports_no_torch():
     assert out.strip() == "[]"
 
 
-def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error(caplog):
-    started = []
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_thread_outlives_its_start_until_released_and_hands_back_the_error():
+    started, records = [], _Records()
+    ray_worker = logging.getLogger("ray._private.worker")  # Ray's: may not propagate; a run sets its level
+    level = ray_worker.level
+    ray_worker.addHandler(records)
+    ray_worker.setLevel(logging.WARNING)
 
     def init():
         started.append(threading.current_thread().name)
-        ray_worker = logging.getLogger("ray._private.worker")
         ray_worker.warning("SIGTERM handler is not set because current thread is not the main thread.")
         ray_worker.warning("another note")
         time.sleep(0.05)
         raise ConfigError("no Ray here")
 
     thread = RayThread(init)
-    with pytest.raises(ConfigError, match="no Ray here"):
-        thread.wait()
-    thread.wait(reraise=False)
-    assert started == ["fedsim-ray-init"] and thread._thread.is_alive()  # Ray's processes live with it
-    assert [r.getMessage() for r in caplog.records] == ["another note"]  # fedsim keeps its SIGTERM handler
-    thread.release()
+    try:
+        with pytest.raises(ConfigError, match="no Ray here"):
+            thread.wait()
+        thread.wait(reraise=False)
+        assert started == ["fedsim-ray-init"] and thread._thread.is_alive()  # Ray's processes live with it
+        assert records.messages == ["another note"]  # fedsim keeps its SIGTERM handler
+    finally:
+        ray_worker.removeHandler(records)
+        ray_worker.setLevel(level)
+        thread.release()
     assert not thread._thread.is_alive()
 
 
