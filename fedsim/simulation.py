@@ -391,7 +391,7 @@ def _start_ray(config: Config, thread: RayThread | None = None) -> int:
         _init_ray(config)
     else:
         thread.wait()
-        rearm_sigterm()
+        rearm_sigterm()  # Ray's core worker (C++) set its own SIGTERM handler, even from a thread
     return _nodes_for(config)
 
 
