@@ -24,6 +24,7 @@ from clients.affinity import fixed_batch, lookahead_affinities
 from clients.consensus import consensus_focus, knowledge_vote, mean_head
 from clients.diagnostics import body_logme, last_shared_layer, loss_and_gradient_norm
 from clients.grouped import GroupBodies, unpack_groups
+from clients.heap import keep_freed_memory
 from clients.personal import PERSONAL, Personal, personal_arrays
 from clients.phases import ClientSpec, submodule
 from clients.routines import MOMENTUM, kd3a_epochs, predict_in_train_mode, train_on_consensus
@@ -338,6 +339,7 @@ class _Actor:
     def __init__(self, config: Config) -> None:
         threads = max(1, int(config.client_num_cpus))
         torch.set_num_threads(threads)
+        keep_freed_memory()  # rounds reuse their memory instead of faulting it in again
         self.device = choose_device(config.client_num_gpus, config.require_gpu)  # cuda = Ray's GPU
         self.config = config
         self.data = load_dataset(config)
