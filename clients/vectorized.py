@@ -234,7 +234,12 @@ def _anchors(phase: Phase, trained: list[str], start: dict[str, torch.Tensor]) -
 # session: a client's update of a 3-element bias differed in the last bit with where in
 # the stacked tensor it lay, so with the cohort). A tensor whose per-client slice is a
 # multiple of the widest vector (16 floats, AVX-512) has no element in a tail, whatever
-# the cohort; other tensors take the _foreach ops, which round alike everywhere.
+# the cohort; other tensors take the _foreach ops, which round alike everywhere. The kernel
+# also reads each tensor as if it were contiguous, whatever its strides: vmap hands a
+# stacked linear weight's gradient back transposed for cohorts of 2 or more, and its
+# update landed on the wrong elements (every vmap-path run with momentum, the CNNs among
+# them, from the ninth to the fifteenth session). Gradients are made contiguous (an exact
+# copy); parameters and kept buffers that are not contiguous take the _foreach ops.
 VECTOR_ALIGNED = 16
 
 
@@ -250,7 +255,9 @@ def _sgd_step(params, grads, buffers, names, active, everyone: bool, config: Con
         fused = config.momentum and params[0].device.type in ("cpu", "cuda")
         split = {True: [], False: []}
         for i, p in enumerate(params):
-            split[bool(fused) and p[0].numel() % VECTOR_ALIGNED == 0].append(i)
+            kept = buffers[names[i]]
+            split[bool(fused) and p[0].numel() % VECTOR_ALIGNED == 0 and p.is_contiguous()
+                  and (kept is None or kept.is_contiguous())].append(i)
         for use_fused, index in split.items():
             if index:
                 _full_step([params[i] for i in index], [grads[i] for i in index], buffers,
@@ -275,9 +282,9 @@ def _full_step(params, grads, buffers, names, config: Config, fused: bool) -> No
     if fused:
         if first:
             buffers.update((n, torch.empty_like(p)) for n, p in zip(names, params))
-        torch._fused_sgd_(params, list(grads), [buffers[n] for n in names], weight_decay=config.weight_decay,
-                          momentum=config.momentum, lr=config.lr, dampening=0.0, nesterov=False,
-                          maximize=False, is_first_step=first)
+        torch._fused_sgd_(params, [g.contiguous() for g in grads], [buffers[n] for n in names],
+                          weight_decay=config.weight_decay, momentum=config.momentum, lr=config.lr,
+                          dampening=0.0, nesterov=False, maximize=False, is_first_step=first)
         return
     update = list(grads)
     if config.weight_decay:
