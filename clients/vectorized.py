@@ -238,7 +238,7 @@ def _anchors(phase: Phase, trained: list[str], start: dict[str, torch.Tensor]) -
 # also reads each tensor as if it were contiguous, whatever its strides: vmap hands a
 # stacked linear weight's gradient back transposed for cohorts of 2 or more, and its
 # update landed on the wrong elements (every vmap-path run with momentum, the CNNs among
-# them, from the ninth to the fifteenth session). Gradients are made contiguous (an exact
+# them, from the eighth to the fifteenth session). Gradients are made contiguous (an exact
 # copy); parameters and kept buffers that are not contiguous take the _foreach ops.
 VECTOR_ALIGNED = 16
 
