@@ -494,6 +494,29 @@ def test_every_declaration_on_the_vmap_path_agrees_with_the_loop(strategy):
     assert np.allclose(vec_loss, loop_loss, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec", [specs.FEDREP, specs.FEDAVG], ids=["fedrep", "fedavg"])
+def test_a_clients_numbers_on_the_vmap_path_do_not_depend_on_its_cohort(spec):
+    """Alone, a client's weight gradients come back from vmap contiguous; in a cohort,
+    transposed (and with a 1-sample client that never steps, every step is a masked one)."""
+    torch.manual_seed(0)
+    model = small_conv()
+    config = Config(batch_size=4, head_epochs=3, body_epochs=1, local_epochs=2, momentum=0.5)
+    rng = np.random.default_rng(0)
+    sizes = [9, 4, 17, 1, 11]
+    xs = [torch.from_numpy(rng.normal(size=(n, 1, 6, 6)).astype(np.float32)) for n in sizes]
+    ys = [torch.from_numpy(rng.integers(0, 3, n)) for n in sizes]
+    for cohort in (slice(0, 5), slice(0, 3)):  # with and without the client that never steps
+        full = stacked(model, len(sizes[cohort]))
+        engine.train_cohort(model, spec.train, full, xs[cohort], ys[cohort], config,
+                            generators(5)[cohort], engine.VECTORIZED)
+        for c in (0, 2):
+            alone = stacked(model, 1)
+            engine.train_cohort(model, spec.train, alone, [xs[c]], [ys[c]], config,
+                                [generators(5)[c]], engine.VECTORIZED)
+            for name in alone:
+                assert torch.equal(alone[name][0], full[name][c]), name
+
+
 def test_a_lone_client_on_the_vmap_path_gets_the_numbers_it_gets_in_any_cohort():
     """vmap runs a one-client cohort's convolutions ungrouped and larger cohorts' grouped,
     which round differently: a CNN run's loss differed by ~1e-9 between node counts."""
