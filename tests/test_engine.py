@@ -28,8 +28,10 @@ def stacked(model, clients):
 
 
 def cohort_data(sizes, seed=0, features=6, classes=3):
+    """Each client's inputs (``features``: a count or a sample's shape) and labels."""
+    shape = (features,) if isinstance(features, int) else tuple(features)
     rng = np.random.default_rng(seed)
-    xs = [torch.from_numpy(rng.normal(size=(n, features)).astype(np.float32)) for n in sizes]
+    xs = [torch.from_numpy(rng.normal(size=(n, *shape)).astype(np.float32)) for n in sizes]
     ys = [torch.from_numpy(rng.integers(0, classes, n)) for n in sizes]
     return xs, ys
 
@@ -38,9 +40,9 @@ def generators(n, seed=5):
     return [torch.Generator().manual_seed(seed + c) for c in range(n)]
 
 
-def both_paths(model, phases, sizes, config):
+def both_paths(model, phases, sizes, config, features=6):
     """(states, losses) after ``phases`` on the loop path and the vectorized path."""
-    xs, ys = cohort_data(sizes)
+    xs, ys = cohort_data(sizes, features=features)
     initial = stacked(model, len(sizes))  # the loop path leaves the model at its last client
     out = {}
     for path in (engine.LOOP, engine.VECTORIZED):
@@ -99,17 +101,26 @@ def test_a_small_client_takes_exactly_its_own_steps_and_matches_the_loop():
         assert torch.equal(alone[name][0], vec[name][0])
 
 
-def test_a_clients_numbers_do_not_depend_on_its_cohort():
-    model = mlp(6, 16, 3)
-    config = Config(batch_size=4, head_epochs=3, body_epochs=1, momentum=0.5)
-    sizes = [9, 4, 17, 2, 11]
-    xs, ys = cohort_data(sizes)
+@pytest.mark.parametrize("build, features, sizes, spec", [
+    (lambda: mlp(6, 16, 3), 6, [9, 4, 17, 2, 11], specs.FEDREP),
+    # the vmap path: alone, a client's weight gradients come back contiguous, in a cohort
+    # transposed; beside a 1-sample client (it never steps) every step is a masked one
+    (lambda: small_conv(), (1, 6, 6), [9, 4, 17, 1, 11], specs.FEDREP),
+    (lambda: small_conv(), (1, 6, 6), [9, 4, 17, 1, 11], specs.FEDAVG),
+    (lambda: small_conv(), (1, 6, 6), [9, 4, 17], specs.FEDREP),
+    (lambda: small_conv(), (1, 6, 6), [9, 4, 17], specs.FEDAVG),
+], ids=["mlp", "conv-fedrep-masked", "conv-fedavg-masked", "conv-fedrep", "conv-fedavg"])
+def test_a_clients_numbers_do_not_depend_on_its_cohort(build, features, sizes, spec):
+    torch.manual_seed(0)
+    model = build()
+    config = Config(batch_size=4, head_epochs=3, body_epochs=1, local_epochs=2, momentum=0.5)
+    xs, ys = cohort_data(sizes, features=features)
     full = stacked(model, len(sizes))
-    engine.train_cohort(model, specs.FEDREP.train, full, xs, ys, config, generators(len(sizes)),
+    engine.train_cohort(model, spec.train, full, xs, ys, config, generators(len(sizes)),
                         engine.VECTORIZED)
     for c in (0, 2):
         alone = stacked(model, 1)
-        engine.train_cohort(model, specs.FEDREP.train, alone, [xs[c]], [ys[c]], config,
+        engine.train_cohort(model, spec.train, alone, [xs[c]], [ys[c]], config,
                             [torch.Generator().manual_seed(5 + c)], engine.VECTORIZED)
         for name in alone:
             assert torch.equal(alone[name][0], full[name][c]), name
@@ -447,14 +458,7 @@ def test_a_cnn_cohort_on_the_vmap_path_agrees_with_the_loop(momentum):
     model = cnn28(1, 10)
     assert not hand_batched(model)
     config = Config(batch_size=10, head_epochs=2, body_epochs=1, lr=0.01, momentum=momentum)
-    xs = [torch.randn(n, 1, 28, 28) for n in (30, 20, 25)]
-    ys = [torch.randint(0, 10, (n,)) for n in (30, 20, 25)]
-    initial = stacked(model, 3)
-    out = {}
-    for path in (engine.LOOP, engine.VECTORIZED):
-        states = {k: v.clone() for k, v in initial.items()}
-        out[path] = states, engine.train_cohort(model, specs.FEDREP.train, states, xs, ys, config,
-                                                generators(3), path)
+    out = both_paths(model, specs.FEDREP.train, [30, 20, 25], config, features=(1, 28, 28))
     (loop, loop_loss), (vec, vec_loss) = out[engine.LOOP], out[engine.VECTORIZED]
     for name in loop:
         torch.testing.assert_close(vec[name], loop[name], rtol=0, atol=1e-6)
@@ -478,43 +482,11 @@ def test_every_declaration_on_the_vmap_path_agrees_with_the_loop(strategy):
     model = DittoModel(small_conv(), small_conv()) if strategy == "ditto" else small_conv()
     phases = ALGORITHMS[strategy].client.train
     assert vectorized.why_not_vectorized(model, phases, config) is None
-    rng = np.random.default_rng(0)
-    sizes = [7, 12, 3]
-    xs = [torch.from_numpy(rng.normal(size=(n, 1, 6, 6)).astype(np.float32)) for n in sizes]
-    ys = [torch.from_numpy(rng.integers(0, 3, n)) for n in sizes]
-    initial = stacked(model, len(sizes))
-    out = {}
-    for path in (engine.LOOP, engine.VECTORIZED):
-        states = {k: v.clone() for k, v in initial.items()}
-        out[path] = states, engine.train_cohort(model, phases, states, xs, ys, config,
-                                                generators(len(sizes)), path)
+    out = both_paths(model, phases, [7, 12, 3], config, features=(1, 6, 6))
     (loop, loop_loss), (vec, vec_loss) = out[engine.LOOP], out[engine.VECTORIZED]
     for name in loop:
         torch.testing.assert_close(vec[name], loop[name], rtol=0, atol=1e-6)
     assert np.allclose(vec_loss, loop_loss, rtol=1e-5)
-
-
-@pytest.mark.parametrize("spec", [specs.FEDREP, specs.FEDAVG], ids=["fedrep", "fedavg"])
-def test_a_clients_numbers_on_the_vmap_path_do_not_depend_on_its_cohort(spec):
-    """Alone, a client's weight gradients come back from vmap contiguous; in a cohort,
-    transposed (and with a 1-sample client that never steps, every step is a masked one)."""
-    torch.manual_seed(0)
-    model = small_conv()
-    config = Config(batch_size=4, head_epochs=3, body_epochs=1, local_epochs=2, momentum=0.5)
-    rng = np.random.default_rng(0)
-    sizes = [9, 4, 17, 1, 11]
-    xs = [torch.from_numpy(rng.normal(size=(n, 1, 6, 6)).astype(np.float32)) for n in sizes]
-    ys = [torch.from_numpy(rng.integers(0, 3, n)) for n in sizes]
-    for cohort in (slice(0, 5), slice(0, 3)):  # with and without the client that never steps
-        full = stacked(model, len(sizes[cohort]))
-        engine.train_cohort(model, spec.train, full, xs[cohort], ys[cohort], config,
-                            generators(5)[cohort], engine.VECTORIZED)
-        for c in (0, 2):
-            alone = stacked(model, 1)
-            engine.train_cohort(model, spec.train, alone, [xs[c]], [ys[c]], config,
-                                [generators(5)[c]], engine.VECTORIZED)
-            for name in alone:
-                assert torch.equal(alone[name][0], full[name][c]), name
 
 
 def test_a_lone_client_on_the_vmap_path_gets_the_numbers_it_gets_in_any_cohort():
